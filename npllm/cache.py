@@ -1,0 +1,107 @@
+"""Lesson 05 — the KV cache (seed section 2).
+
+Two forms that give identical logits:
+
+* The seed's teaching form: ``past_key_values`` is a list with one
+  ``(key, value)`` pair per layer, each ``[B, Hkv, S, Dh]``, grown by
+  ``np.concatenate`` at every step (``concat_update``).  Simple, but every
+  step copies the whole cache.
+* ``KVCache``: one preallocated buffer per layer, ``[B, Hkv, S_max, Dh]``,
+  written in place.  This is what ``generate`` uses.
+
+Memory (seed section 2.4):
+    2 x num_layers x batch x num_kv_heads x seq_len x head_dim x sizeof(dtype)
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+
+from .errors import ConfigError, GenerationParameterError
+
+
+def kv_cache_bytes(config, batch_size: int, seq_len: int, dtype="float16") -> int:
+    """Bytes held by a full KV cache: 2 x L x B x Hkv x S x Dh x sizeof(dtype).
+
+    >>> from npllm.config import llama_7b_config
+    >>> kv_cache_bytes(llama_7b_config, 1, 4096, "float16") == 2 * 1024**3
+    True
+    """
+    itemsize = np.dtype(dtype).itemsize
+    return (2 * config.num_hidden_layers * batch_size * config.num_key_value_heads
+            * seq_len * config.head_dim * itemsize)
+
+
+def concat_update(layer_past, k, v) -> Tuple[np.ndarray, np.ndarray]:
+    """The seed's cache step: append this step's k, v [B, Hkv, T, Dh] along the sequence axis."""
+    if layer_past is None:
+        return k, v
+    past_k, past_v = layer_past
+    return np.concatenate([past_k, k], axis=2), np.concatenate([past_v, v], axis=2)
+
+
+class KVCache:
+    """Preallocated per-layer K/V buffers, written in place.
+
+    ``length`` is how many positions are stored; ``forward`` writes the next T
+    positions of every layer and then advances ``length`` by T.
+    """
+
+    def __init__(self, config, batch_size: int, max_seq_len: int, dtype=np.float32):
+        if max_seq_len <= 0:
+            raise GenerationParameterError(f"max_seq_len must be > 0, got {max_seq_len}")
+        if batch_size <= 0:
+            raise GenerationParameterError(f"batch_size must be > 0, got {batch_size}")
+        shape = (batch_size, config.num_key_value_heads, max_seq_len, config.head_dim)
+        self.keys: List[np.ndarray] = [np.zeros(shape, dtype) for _ in range(config.num_hidden_layers)]
+        self.values: List[np.ndarray] = [np.zeros(shape, dtype) for _ in range(config.num_hidden_layers)]
+        self.length = 0
+        self.max_seq_len = max_seq_len
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.keys) + sum(a.nbytes for a in self.values)
+
+    def update(self, layer: int, k: np.ndarray, v: np.ndarray):
+        """Write k, v [B, Hkv, T, Dh] after the stored positions; return views of all of it."""
+        T = k.shape[2]
+        end = self.length + T
+        if end > self.max_seq_len:
+            raise ConfigError(f"KV cache is full: {self.length} + {T} positions exceed "
+                              f"max_seq_len={self.max_seq_len}")
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, T: int) -> None:
+        self.length += T
+
+    def reorder(self, rows) -> None:
+        """Keep only the given batch rows (e.g. to drop finished sequences)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+
+
+class ConcatCache:
+    """Adapter giving the seed's list-of-(k, v) form the same ``update`` as ``KVCache``."""
+
+    def __init__(self, past_key_values=None):
+        self.layers = list(past_key_values) if past_key_values is not None else None
+        self.present: list = []
+
+    def update(self, layer: int, k: np.ndarray, v: np.ndarray):
+        past = self.layers[layer] if self.layers is not None else None
+        k_all, v_all = concat_update(past, k, v)
+        self.present.append((k_all, v_all))
+        return k_all, v_all
+
+
+def cache_length(past_key_values) -> int:
+    """Positions already stored, for either cache form."""
+    if past_key_values is None:
+        return 0
+    if isinstance(past_key_values, KVCache):
+        return past_key_values.length
+    return past_key_values[0][0].shape[2]

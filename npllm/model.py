@@ -1,0 +1,235 @@
+"""Lesson 05 — the complete causal language model (seed sections 1 and 4.1).
+
+    input_ids [B, T]
+      -> embed_tokens                       x: [B, T, D]
+      -> num_hidden_layers x TransformerBlock
+      -> final norm
+      -> lm_head (tied: the embedding matrix itself)     logits: [B, T, V]
+
+The model returns logits only: sampling lives in ``npllm.sampling`` and the
+decode loop in ``npllm.generation``.  Parameter names are HF's, so an HF
+``state_dict`` (or safetensors file) loads without a key map.
+Matches HF ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from .block import Norm, TransformerBlock
+from .cache import ConcatCache, KVCache, cache_length
+from .config import ModelConfig
+from .errors import ConfigError, GenerationParameterError, ModelFormatError
+from .ops import causal_padding_mask, linear, rope_cos_sin
+
+
+def parameter_shapes(config: ModelConfig) -> Dict[str, tuple]:
+    """Every parameter's HF name and shape — the single source of truth for init and loading."""
+    D, F, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    q_out = config.num_attention_heads * config.head_dim
+    kv_out = config.num_key_value_heads * config.head_dim
+    shapes = {"model.embed_tokens.weight": (V, D)}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "self_attn.q_proj.weight"] = (q_out, D)
+        shapes[p + "self_attn.k_proj.weight"] = (kv_out, D)
+        shapes[p + "self_attn.v_proj.weight"] = (kv_out, D)
+        shapes[p + "self_attn.o_proj.weight"] = (D, q_out)
+        if config.attention_bias:
+            shapes[p + "self_attn.q_proj.bias"] = (q_out,)
+            shapes[p + "self_attn.k_proj.bias"] = (kv_out,)
+            shapes[p + "self_attn.v_proj.bias"] = (kv_out,)
+        if config.o_proj_bias:
+            shapes[p + "self_attn.o_proj.bias"] = (D,)
+        shapes[p + "mlp.gate_proj.weight"] = (F, D)
+        shapes[p + "mlp.up_proj.weight"] = (F, D)
+        shapes[p + "mlp.down_proj.weight"] = (D, F)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            shapes[p + norm + ".weight"] = (D,)
+            if not config.use_rms_norm:
+                shapes[p + norm + ".bias"] = (D,)
+    shapes["model.norm.weight"] = (D,)
+    if not config.use_rms_norm:
+        shapes["model.norm.bias"] = (D,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, D)
+    return shapes
+
+
+def _to_numpy(value):
+    """Accept ndarrays, QuantizedWeights, and (for tests) torch tensors without importing torch."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return value
+
+
+class CausalLM:
+    """A LLaMA-family decoder-only language model in NumPy."""
+
+    def __init__(self, config: ModelConfig, seed: int = 0, dtype=np.float32, init: bool = True):
+        if not isinstance(config, ModelConfig):
+            raise ConfigError(f"config must be an npllm.ModelConfig, got {type(config).__name__}")
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.params: Dict[str, object] = {}
+        if init:
+            self._init_weights(seed)
+
+    # ---------------------------------------------------------------- weights
+    def _init_weights(self, seed: int) -> None:
+        """Normal(0, initializer_range) for matrices, ones/zeros for norms, zeros for biases."""
+        rng = np.random.default_rng(seed)
+        std = self.config.initializer_range
+        params = {}
+        for name, shape in parameter_shapes(self.config).items():
+            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                params[name] = np.ones(shape, self.dtype)
+            elif name.endswith(".bias"):
+                params[name] = np.zeros(shape, self.dtype)
+            else:
+                params[name] = (rng.standard_normal(shape) * std).astype(self.dtype)
+        self.params = params
+        self._build()
+
+    def _build(self) -> None:
+        """(Re)wire the blocks to the arrays in ``self.params``."""
+        p, c = self.params, self.config
+        self.embed_tokens = p["model.embed_tokens.weight"]                 # [V, D]
+        self.layers = [TransformerBlock(c, p, i) for i in range(c.num_hidden_layers)]
+        self.norm = Norm(p["model.norm.weight"], p.get("model.norm.bias"), c.rms_norm_eps)
+        # Weight tying (seed 1.2): the LM head *is* the embedding matrix, not a copy.
+        self.lm_head = self.embed_tokens if c.tie_word_embeddings else p["lm_head.weight"]
+
+    def state_dict(self) -> Dict[str, object]:
+        """HF-named parameters (references, not copies). Tied models omit ``lm_head.weight``."""
+        return dict(self.params)
+
+    def load_state_dict(self, state_dict: Dict[str, object], strict: bool = True) -> None:
+        """Load HF-named weights; report every missing, unexpected and mis-shaped key at once."""
+        expected = parameter_shapes(self.config)
+        given = {k: _to_numpy(v) for k, v in state_dict.items()
+                 if not k.endswith("rotary_emb.inv_freq")}
+        if self.config.tie_word_embeddings:
+            given.pop("lm_head.weight", None)  # tied: the embedding serves as the head
+        missing = sorted(set(expected) - set(given))
+        unexpected = sorted(set(given) - set(expected))
+        bad_shape = [f"{k}: expected {expected[k]}, got {tuple(given[k].shape)}"
+                     for k in expected if k in given and tuple(given[k].shape) != expected[k]]
+        problems = []
+        if missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if unexpected and strict:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if bad_shape:
+            problems.append("shape mismatches: " + "; ".join(bad_shape))
+        if problems:
+            raise ModelFormatError("load_state_dict failed — " + " | ".join(problems))
+        params = {}
+        for k in expected:
+            v = given[k]
+            if isinstance(v, np.ndarray):
+                v = np.ascontiguousarray(v, dtype=self.dtype)
+            params[k] = v
+        self.params = params
+        self._build()
+
+    def num_parameters(self) -> int:
+        """Parameter count; a tied head shares the embedding, saving V x D (seed 1.2)."""
+        return int(sum(np.prod(s) for s in parameter_shapes(self.config).values()))
+
+    def astype(self, dtype) -> "CausalLM":
+        """A copy of the model computing in ``dtype`` (float64 for tight parity tests)."""
+        other = CausalLM(self.config, dtype=dtype, init=False)
+        other.load_state_dict({k: (v.astype(dtype) if isinstance(v, np.ndarray) else v)
+                               for k, v in self.params.items()})
+        return other
+
+    def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
+        """A preallocated KV cache for ``generate`` (seed pitfall 1: one buffer per layer)."""
+        return KVCache(self.config, batch_size, max_seq_len, dtype=self.dtype)
+
+    # ---------------------------------------------------------------- forward
+    def _embed(self, input_ids: np.ndarray) -> np.ndarray:
+        if isinstance(self.embed_tokens, np.ndarray):
+            return self.embed_tokens[input_ids].astype(self.dtype, copy=False)     # [B, T, D]
+        rows = self.embed_tokens.take_rows(input_ids.reshape(-1))                  # quantized
+        return rows.reshape(*input_ids.shape, -1).astype(self.dtype, copy=False)
+
+    def _check_inputs(self, input_ids, attention_mask, past_len):
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0 or not np.issubdtype(input_ids.dtype, np.integer):
+            raise GenerationParameterError(
+                f"input_ids must be a non-empty integer array [batch, seq_len], got shape "
+                f"{input_ids.shape} dtype {input_ids.dtype}")
+        V = self.config.vocab_size
+        if input_ids.min() < 0 or input_ids.max() >= V:
+            raise GenerationParameterError(
+                f"input_ids contain token ids outside the vocabulary [0, {V}): "
+                f"min {input_ids.min()}, max {input_ids.max()}")
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = np.ones((B, past_len + T), dtype=np.int64)
+        attention_mask = np.asarray(attention_mask)
+        if attention_mask.shape != (B, past_len + T):
+            raise GenerationParameterError(
+                f"attention_mask must have shape {(B, past_len + T)} (batch, past + new tokens), "
+                f"got {attention_mask.shape}")
+        return input_ids, attention_mask
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False,
+                position_ids=None, logits_to_keep: int = 0):
+        """Logits for every new position, and the updated cache.
+
+        input_ids:       [B, T] new tokens (only the new ones when a cache is passed, pitfall 2)
+        attention_mask:  [B, past + T], 1 for real tokens and 0 for (left) padding
+        past_key_values: None, the seed's list of per-layer (k, v), or a ``KVCache``
+        position_ids:    [B, T]; default cumsum(attention_mask) - 1, as HF generate does
+        logits_to_keep:  0 -> all positions, n -> only the last n (saves the V x D head)
+        returns (logits [B, T', V], past_key_values or None)
+        """
+        past_len = cache_length(past_key_values)
+        input_ids, attention_mask = self._check_inputs(input_ids, attention_mask, past_len)
+        B, T = input_ids.shape
+        if position_ids is None:
+            pos = np.cumsum(attention_mask, axis=1) - 1
+            position_ids = np.where(attention_mask == 0, 1, pos)[:, -T:]          # [B, T]
+        cos, sin = rope_cos_sin(np.asarray(position_ids), self.config.head_dim,
+                                self.config.rope_theta, self.dtype)
+        allowed = causal_padding_mask(attention_mask, past_len, T)               # [B, T, S]
+        static = isinstance(past_key_values, KVCache)
+        cache = past_key_values if static else ConcatCache(past_key_values)
+
+        x = self._embed(input_ids)                                               # [B, T, D]
+        for layer in self.layers:
+            x = layer(x, cos, sin, allowed, cache)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = linear(self.norm(x), self.lm_head)                              # [B, T', V]
+
+        if static:
+            cache.advance(T)
+            return logits, (cache if use_cache else None)
+        return logits, (cache.present if use_cache else None)
+
+    __call__ = forward
+
+    # ------------------------------------------------------------- generation
+    def generate(self, input_ids, max_new_tokens: int = 100, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, repetition_penalty: float = 1.0, eos_token_id=None,
+                 pad_token_id=None, **kwargs):
+        """Autoregressive generation (seed 4.1); see ``npllm.generation.generate`` for every option."""
+        from .generation import generate
+
+        return generate(self, input_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
+
+    def _apply_repetition_penalty(self, logits, input_ids, penalty):
+        """The seed's helper; the implementation lives in ``npllm.sampling``."""
+        from .sampling import apply_repetition_penalty
+
+        return apply_repetition_penalty(logits, input_ids, penalty)

@@ -1,0 +1,94 @@
+"""Lesson 02 — scaled dot-product attention with causal and padding masks; MHA, GQA, MQA.
+
+    att = softmax(q k^T / sqrt(Dh) + mask) v
+
+GQA: H query heads share Hkv key/value heads in groups of G = H // Hkv
+(G = 1 is MHA, Hkv = 1 is MQA).  Instead of copying K/V G times (HF's
+``repeat_kv``), the reference reshapes q to [B, Hkv, G, T, Dh] and lets
+matmul broadcast K/V over the group axis; the kernel simply reads K/V head
+``h // G``.  Matches HF ``LlamaAttention`` (eager).
+"""
+
+import numpy as np
+
+from .._jit import njit_parallel, prange, reference_mode
+from .softmax import softmax_ref
+
+
+def causal_padding_mask(attention_mask: np.ndarray, past_len: int, T: int) -> np.ndarray:
+    """Which keys each new query may see.
+
+    attention_mask: [B, S] (1 = real token, 0 = padding; S = past_len + T)
+    returns allowed: [B, T, S] bool — key s is visible to query t iff s <= past_len + t
+    (causal) and key s is not padding.
+    """
+    S = attention_mask.shape[1]
+    q_pos = past_len + np.arange(T)[:, None]          # [T, 1]
+    causal = np.arange(S)[None, :] <= q_pos           # [T, S]
+    return causal[None] & (attention_mask[:, None, :] != 0)
+
+
+def attention_ref(q, k, v, allowed):
+    # q: [B, H, T, Dh], k, v: [B, Hkv, S, Dh], allowed: [B, T, S] -> [B, H, T, Dh]
+    B, H, T, Dh = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    qg = q.reshape(B, Hkv, G, T, Dh)                                   # group query heads
+    scores = qg @ k[:, :, None].swapaxes(-1, -2) / np.sqrt(Dh)          # [B, Hkv, G, T, S]
+    scores = np.where(allowed[:, None, None], scores, -np.inf)
+    att = softmax_ref(scores)                                           # masked rows -> 0
+    return (att @ v[:, :, None]).reshape(B, H, T, Dh)                   # [B, H, T, Dh]
+
+
+@njit_parallel
+def _attention_kernel(q, k, v, allowed, out):
+    # q, out: [B, H, T, Dh]; k, v: [B, Hkv, S, Dh]; allowed: [B, T, S]
+    B, H, T, Dh = q.shape
+    Hkv = k.shape[1]
+    S = k.shape[2]
+    G = H // Hkv
+    scale = 1.0 / np.sqrt(Dh)
+    for bh in prange(B * H):
+        b = bh // H
+        h = bh % H
+        kh = h // G                      # the K/V head this query head reads
+        scores = np.empty(S, dtype=q.dtype)
+        for t in range(T):
+            m = -np.inf
+            for s in range(S):
+                if allowed[b, t, s]:
+                    dot = 0.0
+                    for d in range(Dh):
+                        dot += q[b, h, t, d] * k[b, kh, s, d]
+                    scores[s] = dot * scale
+                    if scores[s] > m:
+                        m = scores[s]
+                else:
+                    scores[s] = -np.inf
+            out[b, h, t, :] = 0.0
+            if m == -np.inf:             # fully masked query: output zeros
+                continue
+            total = 0.0
+            for s in range(S):
+                if scores[s] != -np.inf:
+                    p = np.exp(scores[s] - m)
+                    total += p
+                    for d in range(Dh):
+                        out[b, h, t, d] += p * v[b, kh, s, d]
+            inv = 1.0 / total
+            for d in range(Dh):
+                out[b, h, t, d] *= inv
+
+
+def attention(q, k, v, allowed):
+    """Masked multi-head attention; see the module docstring for shapes.
+
+    The kernel is used when there are few queries (decode); prefill with many
+    queries goes through the BLAS-backed reference.
+    """
+    if reference_mode() or q.shape[2] > 16:
+        return attention_ref(q, k, v, allowed)
+    out = np.empty(q.shape, dtype=q.dtype)
+    _attention_kernel(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
+                      np.ascontiguousarray(allowed), out)
+    return out

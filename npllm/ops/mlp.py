@@ -1,0 +1,45 @@
+"""Lesson 04 — SiLU and the SwiGLU MLP of LLaMA (HF ``LlamaMLP``).
+
+mlp(x) = down_proj( silu(gate_proj(x)) * up_proj(x) ),   silu(z) = z * sigmoid(z)
+
+x: [..., D] -> gate, up: [..., F] -> [..., D]
+"""
+
+import numpy as np
+
+from .._jit import njit_parallel, prange, reference_mode
+from .linear import linear
+
+
+def silu(z: np.ndarray) -> np.ndarray:
+    return z / (1.0 + np.exp(-z))
+
+
+def swiglu_ref(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    return silu(gate) * up
+
+
+@njit_parallel
+def _swiglu_kernel(gate, up, out):
+    # gate, up, out: [N, F]; one fused pass instead of three temporaries
+    n, f = gate.shape
+    for i in prange(n):
+        for j in range(f):
+            g = gate[i, j]
+            out[i, j] = g / (1.0 + np.exp(-g)) * up[i, j]
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up, elementwise."""
+    if reference_mode():
+        return swiglu_ref(gate, up)
+    g2 = np.ascontiguousarray(gate.reshape(-1, gate.shape[-1]))
+    u2 = np.ascontiguousarray(up.reshape(-1, up.shape[-1]))
+    out = np.empty_like(g2)
+    _swiglu_kernel(g2, u2, out)
+    return out.reshape(gate.shape)
+
+
+def mlp(x: np.ndarray, gate_proj, up_proj, down_proj) -> np.ndarray:
+    # x: [..., D] -> [..., F] -> [..., D]
+    return linear(swiglu(linear(x, gate_proj), linear(x, up_proj)), down_proj)

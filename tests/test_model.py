@@ -1,0 +1,234 @@
+"""The causal LM (lesson 05): parity with reference/ (PyTorch), cache forms, state dict, config."""
+
+import numpy as np
+import pytest
+import torch
+
+from npllm import CausalLM, KVCache, ModelConfig, kv_cache_bytes
+from npllm.config import llama_7b_config, tiny_config
+from npllm.errors import ConfigError, ModelFormatError
+from reference.model import CausalLM as TorchCausalLM
+
+CONFIGS = {
+    "mha": dict(num_attention_heads=4, num_key_value_heads=4),
+    "gqa_8_2": dict(num_attention_heads=8, num_key_value_heads=2),
+    "gqa_9_3": dict(num_attention_heads=9, num_key_value_heads=3, hidden_size=72),
+    "mqa": dict(num_attention_heads=4, num_key_value_heads=1),
+    "untied": dict(tie_word_embeddings=False),
+    "layernorm": dict(use_rms_norm=False),
+    "qkv_bias": dict(attention_bias=True, o_proj_bias=False),
+    "all_bias": dict(attention_bias=True),
+}
+
+
+def make_config(**overrides):
+    base = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True, initializer_range=0.1)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def randomize(model, seed):
+    """Give norms/biases random values too, so they are really tested."""
+    rng = np.random.default_rng(seed)
+    sd = {k: (v + rng.normal(scale=0.1, size=v.shape)).astype(v.dtype) for k, v in model.state_dict().items()}
+    model.load_state_dict(sd)
+    return sd
+
+
+def torch_twin(config, state_dict, dtype):
+    ref = TorchCausalLM(config).to(dtype)
+    missing = ref.load_state_dict({k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in state_dict.items()},
+                                  strict=False)
+    assert missing.unexpected_keys == []
+    assert all(k == "lm_head.weight" for k in missing.missing_keys)  # tied head shares the embedding
+    return ref.eval()
+
+
+def left_padded_batch(vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(3, 9))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :6] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logits_match_reference_pytorch(name, dtype):
+    config = make_config(**CONFIGS[name])
+    model = CausalLM(config, seed=1, dtype=dtype)
+    sd = randomize(model, 2)
+    tdtype = torch.float64 if dtype == np.float64 else torch.float32
+    ref = torch_twin(config, sd, tdtype)
+    ids, mask = left_padded_batch(config.vocab_size)
+    logits, _ = model.forward(ids, attention_mask=mask)
+    with torch.no_grad():
+        expected, _ = ref(torch.from_numpy(ids), torch.from_numpy(mask))
+    real = mask.astype(bool)  # padded query positions carry no meaning
+    diff = np.abs(logits - expected.numpy())[real].max()
+    assert diff <= (1e-10 if dtype == np.float64 else 1e-5), diff
+
+
+@pytest.mark.parametrize("cache_form", ["concat", "static"])
+@pytest.mark.parametrize("name", ["gqa_8_2", "layernorm", "qkv_bias"])
+def test_incremental_decoding_reproduces_the_full_forward(cache_form, name):
+    config = make_config(**CONFIGS[name])
+    model = CausalLM(config, seed=3, dtype=np.float64)
+    randomize(model, 4)
+    ids, mask = left_padded_batch(config.vocab_size, seed=5)
+    full, _ = model.forward(ids, attention_mask=mask)
+    prefill = 4
+    past = model.new_cache(3, ids.shape[1]) if cache_form == "static" else None
+    logits, past = model.forward(ids[:, :prefill], attention_mask=mask[:, :prefill],
+                                 past_key_values=past, use_cache=True)
+    steps = [logits]
+    for t in range(prefill, ids.shape[1]):
+        logits, past = model.forward(ids[:, t:t + 1], attention_mask=mask[:, :t + 1],
+                                     past_key_values=past, use_cache=True)
+        steps.append(logits)
+    inc = np.concatenate(steps, axis=1)
+    real = mask.astype(bool)
+    assert np.abs(inc - full)[real].max() < 1e-10
+    if cache_form == "concat":
+        assert len(past) == config.num_hidden_layers
+        assert past[0][0].shape == (3, config.num_key_value_heads, ids.shape[1], config.head_dim)
+    else:
+        assert isinstance(past, KVCache) and past.length == ids.shape[1]
+
+
+def test_both_cache_forms_give_identical_logits():
+    config = make_config()
+    model = CausalLM(config, seed=6)
+    ids = np.random.default_rng(7).integers(0, config.vocab_size, size=(2, 6))
+    concat, static = None, model.new_cache(2, 6)
+    for t in range(6):
+        a, concat = model.forward(ids[:, t:t + 1], past_key_values=concat, use_cache=True)
+        b, static = model.forward(ids[:, t:t + 1], past_key_values=static, use_cache=True)
+        assert np.array_equal(a, b)
+
+
+def test_changing_a_future_token_leaves_earlier_logits_unchanged():
+    config = make_config()
+    model = CausalLM(config, seed=8)
+    ids = np.random.default_rng(9).integers(0, config.vocab_size, size=(1, 8))
+    a, _ = model.forward(ids)
+    ids2 = ids.copy()
+    ids2[0, 5] = (ids2[0, 5] + 1) % config.vocab_size
+    b, _ = model.forward(ids2)
+    assert np.array_equal(a[:, :5], b[:, :5])
+    assert not np.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_left_padding_does_not_change_a_rows_logits():
+    config = make_config()
+    model = CausalLM(config, seed=10, dtype=np.float64)
+    ids = np.random.default_rng(11).integers(1, config.vocab_size, size=(1, 5))
+    alone, _ = model.forward(ids)
+    padded = np.concatenate([np.zeros((1, 3), np.int64), ids], axis=1)
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1, 1]])
+    batched, _ = model.forward(padded, attention_mask=mask)
+    assert np.abs(batched[:, 3:] - alone).max() < 1e-12
+
+
+# --------------------------------------------------------------------------- weights
+def test_tied_head_is_the_embedding_array_itself():
+    model = CausalLM(make_config(tie_word_embeddings=True))
+    assert model.lm_head is model.embed_tokens
+    assert "lm_head.weight" not in model.state_dict()
+
+
+def test_tying_saves_the_vocab_times_hidden_parameters():
+    tied = CausalLM(tiny_config.replace(num_hidden_layers=1, tie_word_embeddings=True))
+    untied = CausalLM(tiny_config.replace(num_hidden_layers=1, tie_word_embeddings=False))
+    V, D = tiny_config.vocab_size, tiny_config.hidden_size
+    assert untied.num_parameters() - tied.num_parameters() == V * D
+    # Embedding + head are most of this tiny model: tying saves close to half of them.
+    assert tied.num_parameters() < 0.6 * untied.num_parameters()
+
+
+def test_init_is_seeded_normal_with_initializer_range():
+    config = make_config(initializer_range=0.05, hidden_size=128, vocab_size=2000)
+    a, b, c = CausalLM(config, seed=1), CausalLM(config, seed=1), CausalLM(config, seed=2)
+    w = a.embed_tokens
+    assert np.array_equal(w, b.embed_tokens) and not np.array_equal(w, c.embed_tokens)
+    assert abs(w.std() - 0.05) < 0.002 and abs(w.mean()) < 0.002
+    assert np.all(a.params["model.norm.weight"] == 1)
+
+
+def test_tied_model_loads_with_or_without_lm_head_key():
+    config = make_config()
+    src = CausalLM(config, seed=1)
+    sd = dict(src.state_dict())
+    dst = CausalLM(config, seed=2)
+    dst.load_state_dict(sd)
+    assert np.array_equal(dst.embed_tokens, src.embed_tokens)
+    dst.load_state_dict({**sd, "lm_head.weight": sd["model.embed_tokens.weight"]})
+    assert dst.lm_head is dst.embed_tokens
+
+
+def test_load_state_dict_reports_all_problems_at_once():
+    config = make_config()
+    model = CausalLM(config)
+    sd = dict(model.state_dict())
+    del sd["model.norm.weight"]
+    sd["model.layers.0.self_attn.q_proj.weight"] = np.zeros((3, 3), np.float32)
+    sd["model.bogus"] = np.zeros(1)
+    with pytest.raises(ModelFormatError) as e:
+        model.load_state_dict(sd)
+    msg = str(e.value)
+    assert "model.norm.weight" in msg and "model.bogus" in msg and "q_proj" in msg
+    assert isinstance(e.value, ValueError)
+
+
+# --------------------------------------------------------------------------- config
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(hidden_size=65, num_attention_heads=4), "hidden_size"),
+    (dict(num_attention_heads=8, num_key_value_heads=3), "num_key_value_heads"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(num_hidden_layers=-1), "num_hidden_layers"),
+    (dict(intermediate_size=0), "intermediate_size"),
+    (dict(rms_norm_eps=0.0), "rms_norm_eps"),
+    (dict(hidden_act="gelu"), "hidden_act"),
+])
+def test_invalid_config_names_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field) as e:
+        make_config(**kwargs)
+    assert isinstance(e.value, ValueError)
+
+
+def test_from_dict_reads_hf_llama_mistral_qwen2():
+    base = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6)
+    llama = ModelConfig.from_dict({**base, "model_type": "llama", "rope_theta": 500000.0})
+    assert llama.rope_theta == 500000.0 and not llama.attention_bias
+    new_style = ModelConfig.from_dict({**base, "model_type": "llama",
+                                       "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}})
+    assert new_style.rope_theta == 1e6
+    qwen = ModelConfig.from_dict({**base, "model_type": "qwen2"})
+    assert qwen.attention_bias and not qwen.o_proj_bias
+    mistral = ModelConfig.from_dict({**base, "model_type": "mistral", "head_dim": None})
+    assert mistral.head_dim == 16 and mistral.num_key_value_groups == 2
+    with pytest.raises(ConfigError, match="model_type"):
+        ModelConfig.from_dict({**base, "model_type": "gpt2"})
+    with pytest.raises(ConfigError, match="hidden_size"):
+        ModelConfig.from_dict({k: v for k, v in base.items() if k != "hidden_size"})
+
+
+def test_kv_cache_bytes_uses_the_seeds_formula():
+    assert kv_cache_bytes(llama_7b_config, 1, 4096, "float16") == 2 * 1024 ** 3
+    gqa = llama_7b_config.replace(num_key_value_heads=8)
+    assert kv_cache_bytes(gqa, 1, 4096, "float16") == 512 * 1024 ** 2
+    config = make_config()
+    cache = CausalLM(config).new_cache(3, 17)
+    assert cache.nbytes == kv_cache_bytes(config, 3, 17, "float32")
+
+
+def test_presets_match_the_seed():
+    assert (tiny_config.hidden_size, tiny_config.num_hidden_layers, tiny_config.num_attention_heads,
+            tiny_config.intermediate_size, tiny_config.vocab_size) == (128, 4, 4, 512, 32000)
+    assert (llama_7b_config.hidden_size, llama_7b_config.num_hidden_layers,
+            llama_7b_config.intermediate_size, llama_7b_config.max_position_embeddings) == (4096, 32, 11008, 4096)

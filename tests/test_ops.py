@@ -1,0 +1,175 @@
+"""Ops (lessons 02–04): kernel == NumPy reference == PyTorch, plus Hypothesis properties."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from npllm import _jit
+from npllm.ops import attention, attention_ref, causal_padding_mask, layer_norm, rms_norm, softmax
+from npllm.ops.attention import _attention_kernel
+from npllm.ops.mlp import swiglu, swiglu_ref
+from npllm.ops.norm import layer_norm_ref, rms_norm_ref
+from npllm.ops.rope import apply_rope, apply_rope_ref, rope_cos_sin
+from npllm.ops.softmax import softmax_ref
+from reference.model import rope as torch_rope
+from reference.model import rotate_half
+
+finite = st.floats(-30, 30, allow_nan=False, width=32)
+
+
+def rows(max_rows=4, max_cols=50):
+    return st.integers(1, max_rows).flatmap(
+        lambda r: st.integers(1, max_cols).flatmap(
+            lambda c: arrays(np.float64, (r, c), elements=finite)))
+
+
+# --------------------------------------------------------------------------- softmax
+@given(rows())
+def test_softmax_sums_to_one(x):
+    assert np.allclose(softmax(x).sum(-1), 1.0, atol=1e-12)
+
+
+@given(rows(), st.floats(-100, 100))
+def test_softmax_is_invariant_to_adding_a_constant(x, c):
+    assert np.allclose(softmax(x), softmax(x + c), atol=1e-9)
+
+
+@given(rows())
+def test_softmax_kernel_equals_reference_and_torch(x):
+    expected = torch.softmax(torch.from_numpy(x), -1).numpy()
+    assert np.allclose(softmax(x), expected, atol=1e-12)
+    assert np.allclose(softmax_ref(x), expected, atol=1e-12)
+
+
+def test_softmax_of_a_row_with_one_finite_entry_is_one_hot():
+    x = np.full((2, 5), -np.inf)
+    x[0, 3] = 7.0
+    out = softmax(x)
+    assert out[0].tolist() == [0, 0, 0, 1, 0]
+    assert np.all(out[1] == 0) and not np.isnan(out).any()  # all -inf: zeros, never NaN
+    assert np.array_equal(softmax_ref(x), out)
+
+
+# --------------------------------------------------------------------------- norms
+@given(rows(), st.floats(0.01, 100))
+def test_rms_norm_is_scale_invariant(x, scale):
+    w = np.linspace(0.5, 1.5, x.shape[1])
+    x = x + 0.5  # keep rows away from all-zero
+    assert np.allclose(rms_norm(x * scale, w, 1e-12), rms_norm(x, w, 1e-12), atol=1e-6)
+
+
+@given(rows())
+def test_norm_kernels_equal_reference_and_torch(x):
+    rng = np.random.default_rng(x.size)
+    w, b = rng.normal(size=x.shape[1]), rng.normal(size=x.shape[1])
+    tx = torch.from_numpy(x)
+    t_rms = (tx * torch.rsqrt(tx.pow(2).mean(-1, keepdim=True) + 1e-5) * torch.from_numpy(w)).numpy()
+    t_ln = F.layer_norm(tx, (x.shape[1],), torch.from_numpy(w), torch.from_numpy(b), 1e-5).numpy()
+    assert np.allclose(rms_norm(x, w, 1e-5), t_rms, atol=1e-10)
+    assert np.allclose(rms_norm_ref(x, w, 1e-5), t_rms, atol=1e-10)
+    assert np.allclose(layer_norm(x, w, b, 1e-5), t_ln, atol=1e-9)
+    assert np.allclose(layer_norm_ref(x, w, b, 1e-5), t_ln, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- SwiGLU
+@given(rows(), rows())
+def test_swiglu_kernel_equals_reference_and_torch(g, u):
+    u = np.resize(u, g.shape)
+    expected = (F.silu(torch.from_numpy(g)) * torch.from_numpy(u)).numpy()
+    assert np.allclose(swiglu(g, u), expected, atol=1e-10)
+    assert np.allclose(swiglu_ref(g, u), expected, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- RoPE
+@pytest.mark.parametrize("theta", [10000.0, 100000.0])
+def test_rope_kernel_equals_reference_and_torch(rng, theta):
+    B, H, T, Dh = 2, 3, 7, 16
+    x = rng.normal(size=(B, H, T, Dh))
+    pos = np.array([np.arange(T), np.arange(5, 5 + T)])
+    cos, sin = rope_cos_sin(pos, Dh, theta, np.float64)
+    tc, ts = torch_rope(torch.from_numpy(pos), Dh, theta, torch.float64)
+    tx = torch.from_numpy(x)
+    expected = (tx * tc[:, None] + rotate_half(tx) * ts[:, None]).numpy()
+    assert np.allclose(apply_rope(x, cos, sin), expected, atol=1e-12)
+    assert np.allclose(apply_rope_ref(x, cos, sin), expected, atol=1e-12)
+
+
+def test_rope_preserves_norms_and_relative_positions(rng):
+    # A rotation keeps |x|, and q·k depends only on the position difference.
+    Dh = 8
+    q, k = rng.normal(size=(1, 1, 1, Dh)), rng.normal(size=(1, 1, 1, Dh))
+
+    def rot(x, p):
+        c, s = rope_cos_sin(np.array([[p]]), Dh, 10000.0, np.float64)
+        return apply_rope(x, c, s)
+
+    assert np.isclose(np.linalg.norm(rot(q, 13)), np.linalg.norm(q))
+    d1 = (rot(q, 10) * rot(k, 7)).sum()
+    d2 = (rot(q, 23) * rot(k, 20)).sum()
+    assert np.isclose(d1, d2)
+
+
+# --------------------------------------------------------------------------- attention
+def torch_attention(q, k, v, allowed):
+    G = q.shape[1] // k.shape[1]
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    tk, tv = tk.repeat_interleave(G, 1), tv.repeat_interleave(G, 1)
+    mask = torch.from_numpy(allowed)[:, None]
+    out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=mask)
+    return out.nan_to_num(0.0).numpy()
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (8, 2), (9, 3), (4, 1)])  # MHA, GQA, GQA, MQA
+@pytest.mark.parametrize("T,past", [(6, 0), (1, 5), (3, 4)])
+def test_attention_kernel_equals_reference_and_torch(rng, H, Hkv, T, past):
+    B, Dh = 2, 8
+    S = past + T
+    q = rng.normal(size=(B, H, T, Dh))
+    k, v = rng.normal(size=(B, Hkv, S, Dh)), rng.normal(size=(B, Hkv, S, Dh))
+    mask = np.ones((B, S), np.int64)
+    mask[1, :2] = 0  # left padding in row 1
+    allowed = causal_padding_mask(mask, past, T)
+    expected = torch_attention(q, k, v, allowed)
+    ref = attention_ref(q, k, v, allowed)
+    ker = np.empty_like(q)
+    _attention_kernel(q, k, v, allowed, ker)
+    assert np.allclose(ref, expected, atol=1e-12)
+    assert np.allclose(ker, expected, atol=1e-12)
+    assert np.allclose(attention(q, k, v, allowed), expected, atol=1e-12)
+
+
+def test_causal_mask_blocks_the_future_and_padding():
+    allowed = causal_padding_mask(np.array([[0, 1, 1, 1]]), past_len=1, T=3)
+    assert allowed.shape == (1, 3, 4)
+    assert allowed[0].tolist() == [[False, True, False, False],
+                                   [False, True, True, False],
+                                   [False, True, True, True]]
+
+
+@given(st.integers(0, 5), st.integers(0, 1000))
+def test_attention_output_ignores_future_keys(t, seed):
+    # Changing keys/values after position t leaves outputs at positions <= t unchanged.
+    rng = np.random.default_rng(seed)
+    B, H, Hkv, T, Dh = 1, 4, 2, 6, 4
+    q = rng.normal(size=(B, H, T, Dh))
+    k, v = rng.normal(size=(B, Hkv, T, Dh)), rng.normal(size=(B, Hkv, T, Dh))
+    allowed = causal_padding_mask(np.ones((B, T), np.int64), 0, T)
+    out1 = attention(q, k, v, allowed)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, :, t + 1:] += 5.0
+    v2[:, :, t + 1:] -= 3.0
+    out2 = attention(q, k2, v2, allowed)
+    assert np.allclose(out1[:, :, :t + 1], out2[:, :, :t + 1], atol=1e-12)
+
+
+def test_reference_mode_switch_routes_to_ref(rng, monkeypatch):
+    x = rng.normal(size=(3, 10))
+    _jit.use_reference(True)
+    try:
+        assert np.array_equal(softmax(x), softmax_ref(x))
+    finally:
+        _jit.use_reference(False)
