@@ -29,3 +29,24 @@ def use_reference(flag: bool = True) -> None:
 
 def reference_mode() -> bool:
     return _state["reference"]
+
+
+def set_num_threads(n=None) -> int:
+    """Use ``n`` threads for Numba kernels and BLAS (default: $NPLLM_NUM_THREADS, else all cores).
+
+    Returns the number in force.  Threads can only be lowered below Numba's
+    launch-time maximum (``NUMBA_NUM_THREADS``), so the CLI calls this early.
+    """
+    if n is None:
+        env = os.environ.get("NPLLM_NUM_THREADS")
+        n = int(env) if env else None
+    if n is None:
+        return numba.get_num_threads()
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=n)
+    except ImportError:  # threadpoolctl is optional at runtime
+        pass
+    return n
