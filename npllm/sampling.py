@@ -1,0 +1,529 @@
+"""Lesson 05 — sampling: from the last position's logits to the next token.
+
+One decode step turns ``logits [B, V]`` into one token id per row in two stages:
+
+1. **Processing** (pure functions, each returns a new array, never touches its
+   input; removed tokens become ``-inf``), applied in this documented order::
+
+       penalties -> temperature -> top-k -> top-p -> min-p -> typical
+
+   Penalties (repetition, frequency/presence, no-repeat-n-gram, EOS suppression
+   for ``min_new_tokens``) change the model's preferences, so they apply to
+   greedy decoding too.  The rest reshape the distribution we *sample* from, so
+   (as in HF transformers) they apply only when sampling.
+2. **Selection**: ``greedy`` (argmax, first index on ties) or ``sample`` (draw
+   from ``softmax`` with a caller-owned ``np.random.Generator``).
+
+Every function takes ``[B, V]`` or ``[V]`` float logits and matches the HF
+transformers class named in its docstring: ``TemperatureLogitsWarper``,
+``TopKLogitsWarper``, ``TopPLogitsWarper``, ``MinPLogitsWarper``,
+``TypicalLogitsWarper``, ``RepetitionPenaltyLogitsProcessor``,
+``NoRepeatNGramLogitsProcessor``, ``MinNewTokensLengthLogitsProcessor`` and
+``LogitsProcessorList``.  Frequency/presence penalties follow the OpenAI API.
+
+Probabilities used to *decide* what to remove are computed in float64; the
+returned logits keep the input dtype.  Ties are broken by index everywhere:
+among equal logits the lower token id ranks higher.
+
+Shape legend: B batch, S tokens so far, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+from ._jit import njit, reference_mode
+from .errors import GenerationParameterError
+
+__all__ = [
+    "softmax", "log_softmax",
+    "apply_temperature", "top_k_filter", "top_p_filter", "min_p_filter", "typical_filter",
+    "apply_repetition_penalty", "apply_frequency_presence_penalty", "no_repeat_ngram_filter",
+    "suppress_tokens", "greedy", "sample",
+    "LogitsProcessor", "RepetitionPenaltyProcessor", "FrequencyPresencePenaltyProcessor",
+    "NoRepeatNGramProcessor", "MinNewTokensProcessor", "TemperatureProcessor", "TopKProcessor",
+    "TopPProcessor", "MinPProcessor", "TypicalProcessor", "LogitsProcessorList",
+    "build_processors",
+]
+
+
+# ============================================================== validation
+def _bad(name, value, expected):
+    raise GenerationParameterError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        _bad(name, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def _check_float(name, value, low, high, low_open=False, high_open=False):
+    """A real number in [low, high] (an end is excluded when its *_open flag is set)."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        _bad(name, value, f"a number in {lo}{low}, {high}{hi}")
+    return float(value)
+
+
+def _as_logits(logits):
+    """Return (``x`` [B, V] floating, was_1d).  ``x`` may alias the input: never write to it."""
+    x = np.asarray(logits)
+    if x.ndim not in (1, 2) or x.shape[-1] == 0:
+        raise GenerationParameterError(f"logits must have shape [V] or [B, V] with V > 0, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise GenerationParameterError(f"logits must be a float array, got dtype {x.dtype}")
+    return (x[None, :], True) if x.ndim == 1 else (x, False)
+
+
+def _as_ids(ids, batch, vocab_size, name="input_ids"):
+    """Token ids as int64 [B, S] (a [S] vector is one row); every id must be in [0, V)."""
+    a = np.asarray(ids)
+    if a.size == 0:
+        return np.zeros((batch, 0), dtype=np.int64)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise GenerationParameterError(f"{name} must hold integer token ids, got dtype {a.dtype}")
+    a = a.reshape(1, -1) if a.ndim == 1 else a
+    if a.ndim != 2 or a.shape[0] != batch:
+        raise GenerationParameterError(f"{name} must have shape [B={batch}, S], got {np.shape(ids)}")
+    if a.min() < 0 or a.max() >= vocab_size:
+        raise GenerationParameterError(f"{name} has ids outside the vocabulary [0, {vocab_size})")
+    return a.astype(np.int64, copy=False)
+
+
+def _finish(out, was_1d):
+    return out[0] if was_1d else out
+
+
+# ============================================================== softmax
+def softmax(logits, axis: int = -1) -> np.ndarray:
+    """Stable softmax in float64: ``exp(z - max z) / sum exp(z - max z)``.
+
+    A row that is entirely ``-inf`` gives all zeros (there is nothing to sample).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    m = np.max(z, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(z - m)
+    s = np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(s == 0, 1.0, s)
+
+
+def log_softmax(logits, axis: int = -1) -> np.ndarray:
+    """Stable log-softmax in float64: ``z - max z - log sum exp(z - max z)``."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = np.max(z, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return z - m - np.log(np.sum(np.exp(z - m), axis=axis, keepdims=True))
+
+
+# ============================================================== temperature
+def apply_temperature(logits, temperature: float) -> np.ndarray:
+    """``logits / temperature`` (HF ``TemperatureLogitsWarper``).
+
+    temperature < 1 sharpens the distribution, > 1 flattens it.  Zero is not a
+    temperature: ask ``greedy`` (or ``generate(temperature=0)``) for argmax.
+    """
+    t = _check_float("temperature", temperature, 0.0, math.inf, low_open=True, high_open=True)
+    x, was_1d = _as_logits(logits)
+    return _finish(x / x.dtype.type(t), was_1d)
+
+
+# ============================================================== top-k
+def top_k_filter(logits, top_k: int, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """Keep the ``top_k`` largest logits, and every logit tied with the k-th (HF ``TopKLogitsWarper``).
+
+    ``top_k=0`` disables the filter.  At least ``min_tokens_to_keep`` tokens stay.
+    """
+    k = _check_int("top_k", top_k, 0)
+    m = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+    x, was_1d = _as_logits(logits)
+    if k == 0:
+        return _finish(x.copy(), was_1d)
+    V = x.shape[-1]
+    k = min(max(k, m), V)
+    kth = np.partition(x, V - k, axis=-1)[:, V - k: V - k + 1]  # [B, 1] the k-th largest value
+    return _finish(np.where(x < kth, -np.inf, x).astype(x.dtype, copy=False), was_1d)
+
+
+# ============================================================== top-p (nucleus)
+def _top_p_ref(x: np.ndarray, top_p: float, min_tokens_to_keep: int) -> np.ndarray:
+    """NumPy reference.  x: [B, V] -> new [B, V] with the tokens outside the nucleus at -inf.
+
+    Rank tokens by descending logit (lower id first on ties).  Walking up from the
+    least likely token, drop tokens while the dropped mass stays <= 1 - top_p.
+    What remains is the smallest top-ranked set whose mass reaches top_p; the
+    token that crosses the threshold is kept.
+    """
+    order = np.argsort(-x, axis=-1, kind="stable")  # [B, V] token ids, most likely first
+    probs = softmax(np.take_along_axis(x, order, axis=-1))  # [B, V] in that order
+    tail = np.cumsum(probs[:, ::-1], axis=-1)[:, ::-1]  # [B, V] mass from rank j to the end
+    drop_sorted = tail <= 1.0 - top_p
+    drop_sorted[:, :min_tokens_to_keep] = False
+    drop = np.empty_like(drop_sorted)
+    np.put_along_axis(drop, order, drop_sorted, axis=-1)  # back to token-id order
+    return np.where(drop, -np.inf, x).astype(x.dtype, copy=False)
+
+
+@njit
+def _top_p_kernel(x, top_p, min_tokens_to_keep, drop):
+    # x: [B, V] float64, drop: [B, V] bool (zeroed); same rule as _top_p_ref.
+    # A serial loop: decode batches are small, and a parallel launch costs more
+    # than sorting a few rows.
+    B, V = x.shape
+    for b in range(B):
+        order = np.argsort(-x[b], kind="mergesort")  # stable: lower id first on ties
+        top = x[b, order[0]]
+        if top == -np.inf:
+            continue
+        probs = np.empty(V)
+        total = 0.0
+        for j in range(V):
+            probs[j] = math.exp(x[b, order[j]] - top)
+            total += probs[j]
+        tail = 0.0  # mass from rank j down to the least likely token
+        for j in range(V - 1, min_tokens_to_keep - 1, -1):
+            tail += probs[j] / total
+            if tail > 1.0 - top_p:
+                break
+            drop[b, order[j]] = True
+
+
+def top_p_filter(logits, top_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """Nucleus filtering (HF ``TopPLogitsWarper``): keep the smallest set of most
+    likely tokens whose probability reaches ``top_p``.  ``top_p=1`` disables it.
+
+    >>> top_p_filter(np.log(np.array([0.5, 0.3, 0.2])), 0.6)   # 0.5 < 0.6, 0.5+0.3 >= 0.6
+    array([-0.69314718, -1.2039728 ,        -inf])
+    """
+    p = _check_float("top_p", top_p, 0.0, 1.0, low_open=True)
+    m = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+    x, was_1d = _as_logits(logits)
+    if p == 1.0:
+        return _finish(x.copy(), was_1d)
+    if reference_mode():
+        return _finish(_top_p_ref(x, p, m), was_1d)
+    drop = np.zeros(x.shape, dtype=np.bool_)
+    _top_p_kernel(np.ascontiguousarray(x, dtype=np.float64), p, m, drop)
+    return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
+
+
+# ============================================================== min-p
+def min_p_filter(logits, min_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """Drop tokens less likely than ``min_p`` times the top token (HF ``MinPLogitsWarper``).
+
+    ``min_p=0`` keeps everything.  The ``min_tokens_to_keep`` most likely tokens always stay.
+    """
+    mp = _check_float("min_p", min_p, 0.0, 1.0)
+    m = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+    x, was_1d = _as_logits(logits)
+    probs = softmax(x)  # [B, V]
+    drop = probs < mp * probs.max(axis=-1, keepdims=True)
+    best = np.argsort(-probs, axis=-1, kind="stable")[:, :m]  # [B, m]
+    np.put_along_axis(drop, best, False, axis=-1)
+    return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
+
+
+# ============================================================== typical
+def typical_filter(logits, typical_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """Locally typical sampling (Meister et al. 2022; HF ``TypicalLogitsWarper``).
+
+    Rank tokens by how close their surprisal ``-log p`` is to the entropy ``H``,
+    then keep the closest ones until their mass reaches ``typical_p``.  The most
+    likely token may be dropped.  ``typical_p=1`` disables the filter.
+    """
+    mass = _check_float("typical_p", typical_p, 0.0, 1.0, low_open=True)
+    m = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+    x, was_1d = _as_logits(logits)
+    if mass == 1.0:
+        return _finish(x.copy(), was_1d)
+    logp = log_softmax(x)  # [B, V]
+    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):  # 0 * -inf for removed tokens: NaN, skipped by nansum
+        entropy = -np.nansum(logp * p, axis=-1, keepdims=True)  # [B, 1]
+    shifted = np.abs(-logp - entropy)  # [B, V] distance of each surprisal from H
+    order = np.argsort(shifted, axis=-1, kind="stable")  # most typical first
+    sorted_shift = np.take_along_axis(shifted, order, axis=-1)
+    cum = np.cumsum(np.take_along_axis(p, order, axis=-1), axis=-1)
+    last = np.minimum((cum < mass).sum(axis=-1, keepdims=True), x.shape[-1] - 1)  # [B, 1]
+    drop_sorted = sorted_shift > np.take_along_axis(sorted_shift, last, axis=-1)
+    drop_sorted[:, :m] = False
+    drop = np.empty_like(drop_sorted)
+    np.put_along_axis(drop, order, drop_sorted, axis=-1)
+    return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
+
+
+# ============================================================== penalties
+def apply_repetition_penalty(logits, input_ids, penalty: float, prompt_ignore_length=None) -> np.ndarray:
+    """CTRL repetition penalty (HF ``RepetitionPenaltyLogitsProcessor``).
+
+    Every id present in ``input_ids`` [B, S] (prompt included) is penalised once,
+    however often it occurs: a positive logit is divided by ``penalty``, a
+    negative one multiplied, so ``penalty > 1`` always makes the token less likely.
+    ``prompt_ignore_length`` (int or [B] ints) skips that many leading positions
+    per row, which is how ``generate`` ignores left padding.
+    """
+    pen = _check_float("repetition_penalty", penalty, 0.0, math.inf, low_open=True, high_open=True)
+    x, was_1d = _as_logits(logits)
+    B, V = x.shape
+    ids = _as_ids(input_ids, B, V)
+    seen = np.zeros((B, V), dtype=bool)
+    keep = np.ones(ids.shape, dtype=bool)
+    if prompt_ignore_length is not None:
+        skip = np.broadcast_to(np.asarray(prompt_ignore_length, dtype=np.int64), (B,))
+        keep = np.arange(ids.shape[1])[None, :] >= skip[:, None]  # [B, S]
+    rows = np.broadcast_to(np.arange(B)[:, None], ids.shape)
+    seen[rows[keep], ids[keep]] = True
+    scaled = np.where(x < 0, x * x.dtype.type(pen), x / x.dtype.type(pen))
+    return _finish(np.where(seen, scaled, x), was_1d)
+
+
+def apply_frequency_presence_penalty(logits, generated_ids, frequency_penalty: float,
+                                     presence_penalty: float) -> np.ndarray:
+    """OpenAI-style penalties over *generated* tokens only (not the prompt)::
+
+        logit[j] -= frequency_penalty * count[j] + presence_penalty * (count[j] > 0)
+
+    Both may be negative (to encourage repetition); OpenAI allows [-2, 2].
+    """
+    fp = _check_float("frequency_penalty", frequency_penalty, -math.inf, math.inf, True, True)
+    pp = _check_float("presence_penalty", presence_penalty, -math.inf, math.inf, True, True)
+    x, was_1d = _as_logits(logits)
+    B, V = x.shape
+    ids = _as_ids(generated_ids, B, V, name="generated_ids")
+    counts = np.zeros((B, V), dtype=np.int64)
+    np.add.at(counts, (np.broadcast_to(np.arange(B)[:, None], ids.shape), ids), 1)
+    penalty = fp * counts + pp * (counts > 0)  # [B, V] float64
+    return _finish((x - penalty).astype(x.dtype, copy=False), was_1d)
+
+
+def no_repeat_ngram_filter(logits, input_ids, ngram_size: int) -> np.ndarray:
+    """Ban every token that would complete an n-gram already present in ``input_ids``
+    (HF ``NoRepeatNGramLogitsProcessor``; the prompt counts)."""
+    n = _check_int("no_repeat_ngram_size", ngram_size, 1)
+    x, was_1d = _as_logits(logits)
+    B, V = x.shape
+    ids = _as_ids(input_ids, B, V)
+    out = x.copy()
+    S = ids.shape[1]
+    if S < n:
+        return _finish(out, was_1d)
+    windows = np.lib.stride_tricks.sliding_window_view(ids, n, axis=1)  # [B, S-n+1, n]
+    prefix = ids[:, S - n + 1:]  # [B, n-1] the tokens the next one would extend
+    match = np.all(windows[:, :, :-1] == prefix[:, None, :], axis=-1)  # [B, S-n+1]
+    rows, cols = np.nonzero(match)
+    out[rows, windows[rows, cols, -1]] = -np.inf
+    return _finish(out, was_1d)
+
+
+def suppress_tokens(logits, token_ids) -> np.ndarray:
+    """Set the given token ids to ``-inf`` in every row (used for ``min_new_tokens``)."""
+    x, was_1d = _as_logits(logits)
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= x.shape[-1]):
+        raise GenerationParameterError(f"token_ids has ids outside the vocabulary [0, {x.shape[-1]})")
+    out = x.copy()
+    out[:, ids] = -np.inf
+    return _finish(out, was_1d)
+
+
+# ============================================================== selection
+def greedy(logits) -> np.ndarray:
+    """Argmax per row (the first index wins ties).  [B, V] -> int64 [B]; [V] -> int64 scalar."""
+    x, was_1d = _as_logits(logits)
+    return _finish(np.argmax(x, axis=-1).astype(np.int64), was_1d)
+
+
+def sample(logits, rng: np.random.Generator) -> np.ndarray:
+    """Draw one token per row from ``softmax(logits)`` with ``rng``.  [B, V] -> int64 [B].
+
+    Inverse-CDF sampling: one uniform number per row, located in the row's
+    cumulative distribution.  Tokens at ``-inf`` have zero probability and are
+    never drawn.
+    """
+    if not isinstance(rng, np.random.Generator):
+        _bad("rng", rng, "a numpy.random.Generator (np.random.default_rng(seed))")
+    x, was_1d = _as_logits(logits)
+    if np.isnan(x).any():
+        raise GenerationParameterError("logits contain NaN; cannot sample")
+    cdf = np.cumsum(softmax(x), axis=-1)  # [B, V]
+    dead = ~(np.max(x, axis=-1) > -np.inf)
+    if dead.any():
+        raise GenerationParameterError(f"logits rows {np.nonzero(dead)[0].tolist()} are all -inf; cannot sample")
+    u = rng.random(x.shape[0]) * cdf[:, -1]  # [B] one uniform draw per row
+    idx = np.sum(cdf <= u[:, None], axis=-1)  # [B] first token whose CDF exceeds u
+    # Guard against u landing on the very top of the CDF through rounding: take
+    # the last token with non-zero probability instead of stepping past the end.
+    last = x.shape[-1] - 1 - np.argmax((x > -np.inf)[:, ::-1], axis=-1)
+    return _finish(np.minimum(idx, last), was_1d)
+
+
+# ============================================================== processors
+class LogitsProcessor:
+    """A step of the processing pipeline: ``processor(input_ids [B, S], scores [B, V]) -> [B, V]``.
+
+    Subclasses validate their arguments in ``__init__`` (raising
+    ``GenerationParameterError`` naming the parameter) and never modify ``scores``.
+    """
+
+    def __call__(self, input_ids, scores):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class RepetitionPenaltyProcessor(LogitsProcessor):
+    """``apply_repetition_penalty`` as a processor (HF ``RepetitionPenaltyLogitsProcessor``)."""
+
+    def __init__(self, penalty: float, prompt_ignore_length=None):
+        self.penalty = _check_float("repetition_penalty", penalty, 0.0, math.inf, True, True)
+        self.prompt_ignore_length = prompt_ignore_length
+
+    def __call__(self, input_ids, scores):
+        return apply_repetition_penalty(scores, input_ids, self.penalty, self.prompt_ignore_length)
+
+
+class FrequencyPresencePenaltyProcessor(LogitsProcessor):
+    """OpenAI frequency/presence penalties over the tokens after ``prompt_length``."""
+
+    def __init__(self, frequency_penalty: float, presence_penalty: float, prompt_length: int):
+        self.frequency_penalty = _check_float("frequency_penalty", frequency_penalty, -math.inf, math.inf, True, True)
+        self.presence_penalty = _check_float("presence_penalty", presence_penalty, -math.inf, math.inf, True, True)
+        self.prompt_length = _check_int("prompt_length", prompt_length, 0)
+
+    def __call__(self, input_ids, scores):
+        generated = np.asarray(input_ids)[..., self.prompt_length:]
+        return apply_frequency_presence_penalty(scores, generated, self.frequency_penalty, self.presence_penalty)
+
+
+class NoRepeatNGramProcessor(LogitsProcessor):
+    """HF ``NoRepeatNGramLogitsProcessor``: no n-gram of ``ngram_size`` may occur twice."""
+
+    def __init__(self, ngram_size: int):
+        self.ngram_size = _check_int("no_repeat_ngram_size", ngram_size, 1)
+
+    def __call__(self, input_ids, scores):
+        return no_repeat_ngram_filter(scores, input_ids, self.ngram_size)
+
+
+class MinNewTokensProcessor(LogitsProcessor):
+    """HF ``MinNewTokensLengthLogitsProcessor``: forbid EOS until ``min_new_tokens`` are generated."""
+
+    def __init__(self, prompt_length: int, min_new_tokens: int, eos_token_ids):
+        self.prompt_length = _check_int("prompt_length", prompt_length, 0)
+        self.min_new_tokens = _check_int("min_new_tokens", min_new_tokens, 0)
+        self.eos_token_ids = [int(e) for e in np.atleast_1d(eos_token_ids)]
+
+    def __call__(self, input_ids, scores):
+        if np.shape(input_ids)[-1] - self.prompt_length < self.min_new_tokens:
+            return suppress_tokens(scores, self.eos_token_ids)
+        return np.array(scores, copy=True)
+
+
+class TemperatureProcessor(LogitsProcessor):
+    """HF ``TemperatureLogitsWarper``."""
+
+    def __init__(self, temperature: float):
+        self.temperature = _check_float("temperature", temperature, 0.0, math.inf, True, True)
+
+    def __call__(self, input_ids, scores):
+        return apply_temperature(scores, self.temperature)
+
+
+class TopKProcessor(LogitsProcessor):
+    """HF ``TopKLogitsWarper``."""
+
+    def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
+        self.top_k = _check_int("top_k", top_k, 0)
+        self.min_tokens_to_keep = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+
+    def __call__(self, input_ids, scores):
+        return top_k_filter(scores, self.top_k, self.min_tokens_to_keep)
+
+
+class TopPProcessor(LogitsProcessor):
+    """HF ``TopPLogitsWarper``."""
+
+    def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
+        self.top_p = _check_float("top_p", top_p, 0.0, 1.0, low_open=True)
+        self.min_tokens_to_keep = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+
+    def __call__(self, input_ids, scores):
+        return top_p_filter(scores, self.top_p, self.min_tokens_to_keep)
+
+
+class MinPProcessor(LogitsProcessor):
+    """HF ``MinPLogitsWarper``."""
+
+    def __init__(self, min_p: float, min_tokens_to_keep: int = 1):
+        self.min_p = _check_float("min_p", min_p, 0.0, 1.0)
+        self.min_tokens_to_keep = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+
+    def __call__(self, input_ids, scores):
+        return min_p_filter(scores, self.min_p, self.min_tokens_to_keep)
+
+
+class TypicalProcessor(LogitsProcessor):
+    """HF ``TypicalLogitsWarper``."""
+
+    def __init__(self, typical_p: float, min_tokens_to_keep: int = 1):
+        self.typical_p = _check_float("typical_p", typical_p, 0.0, 1.0, low_open=True)
+        self.min_tokens_to_keep = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
+
+    def __call__(self, input_ids, scores):
+        return typical_filter(scores, self.typical_p, self.min_tokens_to_keep)
+
+
+class LogitsProcessorList(list):
+    """Apply processors in list order (HF ``LogitsProcessorList``).
+
+    >>> procs = LogitsProcessorList([TemperatureProcessor(0.7), TopKProcessor(50)])
+    >>> scores = procs(input_ids, logits)   # input_ids [B, S], logits [B, V]
+    """
+
+    def __call__(self, input_ids, scores):
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+def build_processors(*, do_sample: bool, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                     min_p: float = 0.0, typical_p: float = 1.0, repetition_penalty: float = 1.0,
+                     frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                     no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, eos_token_ids=(),
+                     prompt_length: int = 0, prompt_ignore_length=None) -> LogitsProcessorList:
+    """The processors ``generate`` uses, in the documented order; neutral settings are left out.
+
+    penalties (repetition, frequency/presence, no-repeat-n-gram, min-new-tokens)
+    -> [only when sampling] temperature -> top-k -> top-p -> min-p -> typical.
+    """
+    procs = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyProcessor(repetition_penalty, prompt_ignore_length))
+    if frequency_penalty != 0.0 or presence_penalty != 0.0:
+        procs.append(FrequencyPresencePenaltyProcessor(frequency_penalty, presence_penalty, prompt_length))
+    if no_repeat_ngram_size > 0:
+        procs.append(NoRepeatNGramProcessor(no_repeat_ngram_size))
+    if min_new_tokens > 0 and len(eos_token_ids) > 0:
+        procs.append(MinNewTokensProcessor(prompt_length, min_new_tokens, eos_token_ids))
+    if do_sample:
+        if temperature != 1.0:
+            procs.append(TemperatureProcessor(temperature))
+        if top_k > 0:
+            procs.append(TopKProcessor(top_k))
+        if top_p < 1.0:
+            procs.append(TopPProcessor(top_p))
+        if min_p > 0.0:
+            procs.append(MinPProcessor(min_p))
+        if typical_p < 1.0:
+            procs.append(TypicalProcessor(typical_p))
+    return procs
