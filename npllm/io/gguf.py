@@ -227,6 +227,25 @@ def read_gguf(path) -> GGUFCheckpoint:
     ``ModelFormatError`` (naming the file, and the key or tensor) for anything
     malformed or unsupported.
     """
+    path, reader, metadata = _open(path)
+    try:
+        arch = _architecture(metadata)
+        raw = _raw_tensors(reader)
+        config = config_from_metadata(metadata, arch, raw)
+        tensors = _map_tensors(raw, config, arch)
+    except (ModelFormatError, ConfigError) as e:
+        raise ModelFormatError(f"{path}: {e}") from None
+    except _READER_ERRORS as e:
+        raise ModelFormatError(f"{path}: malformed GGUF tensor info ({type(e).__name__}: {e})") from None
+    return GGUFCheckpoint(path=path, architecture=arch, metadata=metadata, config=config, tensors=tensors)
+
+
+def read_gguf_metadata(path) -> Dict[str, Any]:
+    """Only the metadata (tokenizer, chat template...) as plain Python values."""
+    return _open(path)[2]
+
+
+def _open(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelNotFoundError(f"GGUF file not found: {path}")
@@ -235,18 +254,11 @@ def read_gguf(path) -> GGUFCheckpoint:
     reader = _open_reader(os.path.realpath(path), st.st_size, st.st_mtime_ns)
     try:
         metadata = _plain_metadata(reader)
-        arch = _architecture(metadata)
-        raw = _raw_tensors(reader)
     except ModelFormatError as e:
         raise ModelFormatError(f"{path}: {e}") from None
     except _READER_ERRORS as e:
         raise ModelFormatError(f"{path}: malformed GGUF metadata ({type(e).__name__}: {e})") from None
-    try:
-        config = config_from_metadata(metadata, arch, raw)
-        tensors = _map_tensors(raw, config, arch)
-    except (ModelFormatError, ConfigError) as e:
-        raise ModelFormatError(f"{path}: {e}") from None
-    return GGUFCheckpoint(path=path, architecture=arch, metadata=metadata, config=config, tensors=tensors)
+    return path, reader, metadata
 
 
 def _check_header(path: str, size: int) -> None:
