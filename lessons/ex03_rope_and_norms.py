@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from npllm.io.gguf import unpermute_qk_rows
 from npllm.ops import apply_rope, apply_rope_ref, layer_norm, layer_norm_ref, rms_norm, rms_norm_ref, rope_cos_sin
 
 from ._common import heading, save_plot, show, table
@@ -95,6 +96,9 @@ def layouts(rng):
     print(f"max |rotate_half(HF q) - unpermute(rotate_half(GGUF q))| = "
           f"{np.abs(neox - gguf_unpermute(wrong.reshape(-1, 1), H).reshape(H, Dh)).max():.3g}   <- the bug")
     print(f"unpermute(permute(W)) == W: {np.array_equal(gguf_unpermute(w_gguf, H), w_hf)}")
+    perm = unpermute_qk_rows(H * Dh, H)
+    print(f"npllm.io.gguf.unpermute_qk_rows({H * Dh}, {H}) = {perm.tolist()}; "
+          f"w_gguf[perm] == W_hf: {np.array_equal(w_gguf[perm], w_hf)}")
     k_hf = rng.normal(size=(H * Dh, D))
     k_gguf = gguf_permute(k_hf, H)
     kx_hf, kx_gguf = (k_hf @ x).reshape(H, Dh), (k_gguf @ x).reshape(H, Dh)
