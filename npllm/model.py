@@ -148,6 +148,14 @@ class CausalLM:
                                for k, v in self.params.items()})
         return other
 
+    @classmethod
+    def from_pretrained(cls, source=None, dtype=np.float32, dequantize: bool = False,
+                        progress: bool = False) -> "CausalLM":
+        """Load an alias (default ``"smollm2-135m-instruct"``), a ``.gguf`` file or an HF directory."""
+        from .loading import load_model
+
+        return load_model(source, dtype=dtype, dequantize=dequantize, progress=progress)
+
     def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
         """A preallocated KV cache for ``generate`` (seed pitfall 1: one buffer per layer)."""
         return KVCache(self.config, batch_size, max_seq_len, dtype=self.dtype)
