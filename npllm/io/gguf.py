@@ -251,7 +251,10 @@ def _open(path):
         raise ModelNotFoundError(f"GGUF file not found: {path}")
     st = os.stat(path)
     _check_header(path, st.st_size)
-    reader = _open_reader(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if st.st_size >= _CACHE_MIN_BYTES:
+        reader = _open_reader(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    else:
+        reader = _open_reader.__wrapped__(path, st.st_size, st.st_mtime_ns)
     try:
         metadata = _plain_metadata(reader)
     except ModelFormatError as e:
@@ -273,6 +276,9 @@ def _check_header(path: str, size: int) -> None:
     if version not in (2, 3):
         raise ModelFormatError(
             f"{path}: unsupported GGUF version {version} (expected 2 or 3, little-endian)")
+
+
+_CACHE_MIN_BYTES = 1 << 20  # small files parse fast; don't let them evict a real model
 
 
 @functools.lru_cache(maxsize=2)
