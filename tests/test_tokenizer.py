@@ -1,0 +1,241 @@
+"""Tokenizer: token ids equal HF transformers' tokenizer for the same GGUF, streaming decode
+equals full decode, special tokens, HF directories, and malformed tokenizer metadata."""
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npllm.chat import ChatTemplateError
+from npllm.errors import GenerationParameterError, ModelFormatError
+from npllm.tokenizer import Tokenizer
+
+from _helpers_io import write_tiny_gguf
+
+CORPUS = [
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "你好，世界！今天天气很好。机器学习是人工智能的一个分支。",
+    "emoji 🎉🔥👍🏽 and flags 🇫🇷🇯🇵, a family 👨‍👩‍👧",
+    "def square(x):\n    return x ** 2  # note\n\n\nclass A:\n\tpass\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "a   b\t\tc\n\n\n  d   \r\n e",
+    "   leading spaces", "trailing spaces   ", "  ", "\n", "",
+    "it's don't we'll I'M THEY'RE",
+    "Ünïcödé ñ café naïve Æsir ß Ωmega Привет мир",
+    "\u00a0non-breaking\u2003em space\u200bzero width",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+    "a<|im_start|>b<|im_end|>c<|endoftext|>",
+    "<repo_name>npllm<file_sep>main.py",
+    "12345678 3.14159 1e-9 v2.0.1 0xFF",
+    "Total: 42 items, 7 left.",
+]
+# Two or more whitespace characters right before a digit: here SmolLM2's own pre-tokenizer
+# (digits split first, as llama.cpp does for pre="smollm") and transformers' GGUF loader
+# (plain GPT-2 regex) disagree.
+DIGIT_CORPUS = ["\n\n1. first\n  2. second", "x = [1,  2,   3]", "tab\t\t9", "line\n\n\n2024 was"]
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2_gguf):
+    return Tokenizer.from_pretrained(smollm2_gguf)
+
+
+@pytest.fixture(scope="module")
+def tok_gpt2(smollm2_gguf):
+    return Tokenizer.from_gguf(smollm2_gguf, pre_tokenizer="gpt2")
+
+
+@pytest.fixture(scope="module")
+def hf(smollm2_gguf):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(os.path.dirname(smollm2_gguf),
+                                                      gguf_file=os.path.basename(smollm2_gguf))
+
+
+# ------------------------------------------------------------ parity with HF
+@pytest.mark.parametrize("text", CORPUS)
+def test_encode_matches_hf(tok, hf, text):
+    assert tok.encode(text) == hf.encode(text)
+
+
+@pytest.mark.parametrize("text", CORPUS + DIGIT_CORPUS)
+def test_gpt2_pre_tokenizer_reproduces_transformers_everywhere(tok_gpt2, hf, text):
+    assert tok_gpt2.encode(text) == hf.encode(text)
+
+
+def _llama_cpp_reference_ids(hf, text):
+    """llama.cpp's procedure for pre='smollm': split on \\p{N}, then GPT-2's regex (text between
+    matches kept as pieces), then byte-level BPE with the file's merges (HF's BPE model)."""
+    import regex
+
+    gpt2 = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)")
+
+    def split(pattern, pieces):
+        out = []
+        for piece in pieces:
+            pos = 0
+            for m in pattern.finditer(piece):
+                if m.start() > pos:
+                    out.append(piece[pos:m.start()])
+                out.append(m.group())
+                pos = m.end()
+            if pos < len(piece):
+                out.append(piece[pos:])
+        return out
+
+    pieces = split(gpt2, split(regex.compile(r"\p{N}"), [text]))
+    from npllm.tokenizer import byte_alphabet
+
+    spell = byte_alphabet()
+    model = hf.backend_tokenizer.model
+    return [t.id for p in pieces for t in model.tokenize("".join(spell[b] for b in p.encode()))]
+
+
+@pytest.mark.parametrize("text", DIGIT_CORPUS + CORPUS[:8])
+def test_default_pre_tokenizer_follows_llama_cpp_smollm(tok, hf, text):
+    assert tok.encode(text) == _llama_cpp_reference_ids(hf, text)
+
+
+def test_the_two_pre_tokenizers_really_differ_on_spaces_before_digits(tok, hf):
+    text = "\n\n1. first"
+    assert tok.encode(text) != hf.encode(text)  # documents the transformers difference
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_decode_matches_hf(tok, hf, text):
+    ids = hf.encode(text)
+    assert tok.decode(ids) == hf.decode(ids)
+    assert tok.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_special_tokens_are_single_ids_and_no_bos_is_added(tok, hf):
+    assert tok.encode("<|im_start|>") == [1]
+    assert tok.encode("<|im_end|>") == [2]
+    assert tok.encode("hi")[0] != tok.bos_token_id  # add_bos_token = false in this GGUF
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == \
+        (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (1, 2, 2)
+    assert tok.vocab_size == len(hf) == 49152
+
+
+def test_stop_token_is_the_chat_end_of_turn(tok, hf):
+    assert tok.id_to_token(hf.eos_token_id) == "<|im_end|>"
+    assert tok.stop_token_ids == [hf.eos_token_id]
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好 🎉"},
+     {"role": "assistant", "content": "Hello!\n\n  Nice to meet you."}, {"role": "user", "content": "code:\n\tx=1"}],
+]
+
+
+@pytest.mark.parametrize("conv", CONVERSATIONS)
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_chat_template_text_and_ids_match_hf(tok, hf, conv, add_generation_prompt):
+    text = tok.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
+    assert text == hf.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=False)
+    expected = hf.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, tokenize=True)
+    expected = expected["input_ids"] if hasattr(expected, "keys") else expected
+    assert tok.apply_chat_template(conv, add_generation_prompt=add_generation_prompt) == list(expected)
+
+
+def test_chat_template_override(tok):
+    ids = tok.apply_chat_template([{"role": "user", "content": "x"}], chat_template="[{{ messages[0].content }}]")
+    assert tok.decode(ids) == "[x]"
+
+
+# ------------------------------------------------------------------ streaming
+@given(st.lists(st.one_of(st.integers(0, 49151), st.integers(17, 400), st.integers(0, 20)),
+                min_size=1, max_size=40), st.booleans())
+def test_streamed_pieces_concatenate_to_decode(tok, ids, skip):
+    dec = tok.stream_decoder(skip_special_tokens=skip)
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=skip)
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_streaming_valid_text_never_emits_broken_utf8(tok, text):
+    ids = tok.encode(text)
+    dec = tok.stream_decoder()
+    out = ""
+    for i in ids:
+        piece = dec.push(i)
+        assert "\ufffd" not in piece
+        out += piece
+        assert text.startswith(out)  # spaces are never dropped or delayed past their text
+    assert out + dec.flush() == text
+
+
+def test_emoji_is_held_until_complete(tok):
+    ids = tok.encode("🎉")
+    assert len(ids) > 1  # several byte tokens
+    dec = tok.stream_decoder()
+    pieces = [dec.push(i) for i in ids]
+    assert pieces[:-1] == [""] * (len(ids) - 1) and pieces[-1] == "🎉"
+
+
+# ------------------------------------------------------------------ HF directory
+def test_hf_directory_tokenizer_matches_hf(hf, tmp_path):
+    hf.save_pretrained(tmp_path)
+    t = Tokenizer.from_pretrained(str(tmp_path))
+    for text in CORPUS + DIGIT_CORPUS:
+        assert t.encode(text) == hf.encode(text)
+    assert (t.bos_token_id, t.eos_token_id, t.pad_token_id) == (1, 2, 2)
+    conv = CONVERSATIONS[1]
+    assert t.apply_chat_template(conv, tokenize=False) == hf.apply_chat_template(
+        conv, tokenize=False, add_generation_prompt=True)
+
+
+def test_hf_directory_generation_config_adds_stop_ids(hf, tmp_path):
+    import json
+
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
+    assert Tokenizer.from_pretrained(str(tmp_path)).stop_token_ids == [2, 0]
+
+
+def test_alias_loads_the_default_model():
+    t = Tokenizer.from_pretrained("smollm2-135m-instruct")
+    assert t.encode("Hello") == [19556]
+
+
+# ------------------------------------------------------------------ errors
+def test_bad_inputs_are_named(tok):
+    with pytest.raises(GenerationParameterError, match="text"):
+        tok.encode(123)
+    with pytest.raises(GenerationParameterError, match="49152"):
+        tok.decode([5, 49152])
+    with pytest.raises(GenerationParameterError):
+        tok.stream_decoder().push(-1)
+
+
+def test_tiny_gguf_tokenizer_builds(tmp_path):
+    p = tmp_path / "tiny.gguf"
+    write_tiny_gguf(p)
+    t = Tokenizer.from_pretrained(str(p))
+    ids = t.encode("<|im_start|>the")
+    assert ids[0] == 1 and t.decode(ids) == "<|im_start|>the"
+    assert t.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).endswith("assistant\n")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"tokenizer_model": "llama"}, "tokenizer.ggml.model"),
+    ({"pre": "mystery-pre"}, "mystery-pre"),
+    ({"merges": ["Ġ t", "q zzz"]}, "merge"),
+    ({"metadata": {"tokenizer.ggml.eos_token_id": ("uint32", 99999)}}, "eos_token_id"),
+])
+def test_bad_tokenizer_metadata_is_named(tmp_path, kwargs, match):
+    p = tmp_path / "bad.gguf"
+    write_tiny_gguf(p, **kwargs)
+    with pytest.raises(ModelFormatError, match=match):
+        Tokenizer.from_gguf(str(p))
+
+
+def test_no_template_is_a_clear_error(tmp_path):
+    p = tmp_path / "notpl.gguf"
+    write_tiny_gguf(p, skip_metadata={"tokenizer.chat_template"})
+    t = Tokenizer.from_gguf(str(p))
+    with pytest.raises(ChatTemplateError, match="no chat template"):
+        t.apply_chat_template([{"role": "user", "content": "hi"}])
