@@ -1,0 +1,327 @@
+"""Lesson 05 — the generate loop (seed section 4.1), matching HF ``GenerationMixin.generate``.
+
+    prompt [B, T0] --prefill--> logits of the last position
+    repeat:  process (penalties, temperature, top-k, ...)  -> select (greedy | sample)
+             -> append, check the stopping criteria -> feed only the new token [B, 1]
+
+The seed's three pitfalls, handled here:
+
+1. one preallocated KV cache for the whole run (``model.new_cache(B, T0 + max_new_tokens)``);
+2. after the prefill, only the new token goes through the model;
+3. the attention mask grows by one column per step, and positions come from it,
+   so left-padded rows count positions from their first real token.
+
+Batches are left-padded (``attention_mask`` 0 on the left).  A row that has
+stopped receives ``pad_token_id`` while the others continue, exactly as in HF.
+Every row records why it stopped: "eos", "length" or "stop".
+
+``model`` is anything with ``config.vocab_size`` and
+``forward(input_ids, attention_mask, past_key_values, use_cache, position_ids)
+-> (logits [B, T, V], past_key_values)``; ``new_cache(batch, max_len)`` is used
+when present (otherwise the cache grows by concatenation).
+``CausalLM.generate(input_ids, **kw)`` calls ``generate(self, input_ids, **kw)``.
+
+Shape legend: B batch, T0 prompt length (with padding), S tokens so far, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from numbers import Integral
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from . import sampling
+from .errors import GenerationParameterError, NpllmError
+from .sampling import _check_float, _check_int
+from .stopping import (EosTokenCriteria, MaxNewTokensCriteria, RepetitionCriteria, StopSequenceCriteria,
+                       StoppingCriteriaList)
+
+__all__ = ["generate", "GenerateOutput", "NonFiniteLogitsError"]
+
+INF = float("inf")
+
+
+class NonFiniteLogitsError(NpllmError, FloatingPointError):
+    """The model produced NaN or infinite logits during generation."""
+
+
+@dataclass
+class GenerateOutput:
+    """What ``generate(..., return_dict_in_generate=True)`` returns."""
+
+    sequences: np.ndarray  # int64 [B, T0 + n]: prompt and generated tokens
+    stop_reasons: List[str]  # per row: "eos", "length" or "stop"
+    scores: Optional[Tuple[np.ndarray, ...]] = None  # n x float32 [B, V], processed scores (HF ``scores``)
+    logprobs: Optional[np.ndarray] = None  # float32 [B, n]: log-prob of each chosen token (0 for padding)
+    num_new_tokens: Optional[np.ndarray] = None  # int64 [B]: tokens before padding (stop token included)
+
+
+# ============================================================== validation
+def _as_prompt(input_ids, vocab_size):
+    try:
+        ids = np.asarray(input_ids)
+    except ValueError:  # ragged nested lists
+        raise GenerationParameterError(
+            "input_ids rows have different lengths: left-pad them and pass an attention_mask") from None
+    if ids.dtype == object:
+        raise GenerationParameterError(
+            "input_ids rows have different lengths: left-pad them and pass an attention_mask")
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise GenerationParameterError(f"input_ids must be a non-empty prompt [B, T0], got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise GenerationParameterError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise GenerationParameterError(
+            f"input_ids has token ids outside the vocabulary [0, {vocab_size}): min {ids.min()}, max {ids.max()}")
+    return ids.astype(np.int64)
+
+
+def _as_mask(attention_mask, shape):
+    if attention_mask is None:
+        return np.ones(shape, dtype=np.int64)
+    mask = np.asarray(attention_mask)
+    if mask.ndim == 1 and shape[0] == 1:
+        mask = mask[None, :]
+    if mask.shape != shape:
+        raise GenerationParameterError(f"attention_mask must have the shape of input_ids {shape}, got {mask.shape}")
+    if not np.isin(mask, (0, 1)).all():
+        raise GenerationParameterError("attention_mask must contain only 0 (padding) and 1 (token)")
+    mask = mask.astype(np.int64)
+    if (mask.sum(axis=1) == 0).any():
+        raise GenerationParameterError("attention_mask has a row with no tokens (an empty prompt)")
+    if (np.diff(mask, axis=1) < 0).any():
+        raise GenerationParameterError(
+            "attention_mask must be left-padded (zeros only before the first token): "
+            "generation appends to the right")
+    return mask
+
+
+def _token_list(name, value, vocab_size):
+    values = [value] if isinstance(value, Integral) else list(value)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, Integral) or not 0 <= v < vocab_size:
+            raise GenerationParameterError(f"{name} must be token ids in [0, {vocab_size}), got {value!r}")
+    return [int(v) for v in values]
+
+
+def _resolve_special_ids(model, eos_token_id, pad_token_id, vocab_size):
+    """HF defaults: EOS from the model config; padding = pad id, else the first EOS id."""
+    config = getattr(model, "config", None)
+    if eos_token_id is None:
+        eos_token_id = list(getattr(config, "eos_token_ids", []) or [])
+    eos = _token_list("eos_token_id", eos_token_id, vocab_size)
+    if pad_token_id is None:
+        pad_token_id = getattr(config, "pad_token_id", None)
+    if pad_token_id is None:
+        pad_token_id = eos[0] if eos else 0
+    pad = _token_list("pad_token_id", pad_token_id, vocab_size)
+    if len(pad) != 1:
+        raise GenerationParameterError(f"pad_token_id must be one token id, got {pad_token_id!r}")
+    return eos, pad[0]
+
+
+def _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop, stopping_criteria, vocab_size):
+    """Checked in this order, so a final-step EOS reports "eos" rather than "length"."""
+    criteria = StoppingCriteriaList()
+    if eos:
+        criteria.append(EosTokenCriteria(eos))
+    if stop_token_sequences is not None:
+        seqs = [[s] if isinstance(s, Integral) else list(s) for s in stop_token_sequences]
+        for s in seqs:
+            _token_list("stop_token_sequences", s, vocab_size)
+        criteria.append(StopSequenceCriteria(seqs))
+    if stopping_criteria is not None:
+        user = [stopping_criteria] if callable(stopping_criteria) else list(stopping_criteria)
+        for c in user:
+            if not callable(c):
+                raise GenerationParameterError(f"stopping_criteria must be callables, got {c!r}")
+        criteria.extend(user)
+    if repetition_stop is not None and repetition_stop is not False:
+        if isinstance(repetition_stop, RepetitionCriteria):
+            criteria.append(repetition_stop)
+        elif repetition_stop is True:
+            criteria.append(RepetitionCriteria())
+        else:
+            try:
+                n, k = repetition_stop
+            except (TypeError, ValueError):
+                raise GenerationParameterError(
+                    f"repetition_stop must be (max_ngram_size, min_repeats), True or a RepetitionCriteria, "
+                    f"got {repetition_stop!r}") from None
+            criteria.append(RepetitionCriteria(n, k))
+    criteria.append(MaxNewTokensCriteria(max_new_tokens))
+    return criteria
+
+
+# ============================================================== the loop's helpers
+def _forward(model, ids, mask, cache, positions, keep_last):
+    """One forward call; only the last position's logits are needed."""
+    kw = {"logits_to_keep": 1} if keep_last else {}
+    logits, cache = model.forward(ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                                  position_ids=positions, **kw)
+    return np.asarray(logits)[:, -1, :], cache  # [B, V]
+
+
+def _check_finite(logits, live, step):
+    bad = live & ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise NonFiniteLogitsError(
+            f"the model produced NaN/inf logits at generation step {step} for batch rows "
+            f"{np.nonzero(bad)[0].tolist()}; check the weights and the inputs (e.g. a float16 overflow)")
+
+
+def _select(scores, live, do_sample, rng, pad, step):
+    """Next token per row: pad for finished rows, greedy or sampled for the others."""
+    tok = np.full(scores.shape[0], pad, dtype=np.int64)
+    rows = np.nonzero(live)[0]
+    dead = np.isneginf(scores[rows]).all(axis=1)
+    if dead.any():
+        raise GenerationParameterError(
+            f"every token was filtered out at step {step} for rows {rows[dead].tolist()}; relax "
+            "no_repeat_ngram_size / min_new_tokens or the custom processors")
+    tok[rows] = sampling.sample(scores[rows], rng) if do_sample else sampling.greedy(scores[rows])
+    return tok
+
+
+def _streamer_put(streamer, value):
+    if streamer is None:
+        return
+    if hasattr(streamer, "put"):
+        streamer.put(value.copy())
+    else:
+        streamer(value.copy())
+
+
+# ============================================================== generate
+def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, repetition_penalty: float = 1.0, eos_token_id=None, pad_token_id=None,
+             attention_mask=None, do_sample: Optional[bool] = None, min_p: float = 0.0,
+             typical_p: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+             no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, seed=None, stopping_criteria=None,
+             stop_token_sequences=None, repetition_stop=None, streamer=None,
+             return_dict_in_generate: bool = False, output_scores: bool = False,
+             output_logprobs: bool = False, logits_processor=None):
+    """Autoregressive generation with a KV cache.
+
+    input_ids:        int [B, T0] (or [T0]), left-padded when rows differ in length
+    attention_mask:   [B, T0], 0 on left padding; default all ones
+    max_new_tokens:   new tokens at most (the prompt does not count)
+    do_sample:        None -> sample iff temperature > 0.  temperature == 0 always means greedy
+    temperature, top_k (0 = off), top_p (1 = off), min_p (0 = off), typical_p (1 = off):
+                      sampling filters, used only when sampling (as in HF)
+    repetition_penalty (HF, prompt included), frequency_penalty / presence_penalty
+                      (OpenAI, generated tokens only), no_repeat_ngram_size, min_new_tokens:
+                      applied in greedy decoding too
+    eos_token_id:     int or list; None -> ``model.config`` EOS ids ([] disables EOS)
+    pad_token_id:     fills finished rows; None -> config pad id, else the first EOS id, else 0
+    seed:             int or ``np.random.Generator`` for reproducible sampling
+    stopping_criteria: a callable or list of them ``(input_ids, new_ids, prompt_length) -> bool[B]``
+    stop_token_sequences: lists of ids; a row stops when its output ends with one
+    repetition_stop:  (max_ngram_size, min_repeats), True, or a ``RepetitionCriteria``
+    streamer:         callable ``f(new_ids [B])`` per step, or an HF-style object:
+                      ``put(prompt [B, T0])`` once, ``put(new_ids [B])`` per step, ``end()``
+    logits_processor: extra processors ``(input_ids, scores) -> scores`` run after the built-in ones
+
+    Returns int64 [B, T0 + n], or a ``GenerateOutput`` when return_dict_in_generate.
+    """
+    config = getattr(model, "config", None)
+    V = getattr(config, "vocab_size", None)
+    if not isinstance(V, Integral) or V <= 0:
+        raise GenerationParameterError("model.config.vocab_size must be a positive integer")
+    ids = _as_prompt(input_ids, V)
+    B, T0 = ids.shape
+    mask = _as_mask(attention_mask, ids.shape)
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0)
+    temperature = _check_float("temperature", temperature, 0.0, INF, high_open=True)
+    top_k = _check_int("top_k", top_k, 0)
+    top_p = _check_float("top_p", top_p, 0.0, 1.0, low_open=True)
+    min_p = _check_float("min_p", min_p, 0.0, 1.0)
+    typical_p = _check_float("typical_p", typical_p, 0.0, 1.0, low_open=True)
+    repetition_penalty = _check_float("repetition_penalty", repetition_penalty, 0.0, INF, True, True)
+    frequency_penalty = _check_float("frequency_penalty", frequency_penalty, -INF, INF, True, True)
+    presence_penalty = _check_float("presence_penalty", presence_penalty, -INF, INF, True, True)
+    no_repeat_ngram_size = _check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0)
+    min_new_tokens = _check_int("min_new_tokens", min_new_tokens, 0)
+    if do_sample not in (None, True, False):
+        raise GenerationParameterError(f"do_sample must be None, True or False, got {do_sample!r}")
+    do_sample = (temperature > 0) if do_sample is None else (do_sample and temperature > 0)
+    if isinstance(seed, np.random.Generator):
+        rng = seed
+    else:
+        rng = np.random.default_rng(None if seed is None else _check_int("seed", seed, 0))
+    if streamer is not None and not (hasattr(streamer, "put") or callable(streamer)):
+        raise GenerationParameterError(f"streamer must be a callable or have put()/end(), got {streamer!r}")
+    eos, pad = _resolve_special_ids(model, eos_token_id, pad_token_id, V)
+
+    processors = sampling.build_processors(
+        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        typical_p=typical_p, repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+        presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        min_new_tokens=min_new_tokens, eos_token_ids=eos, prompt_length=T0,
+        prompt_ignore_length=np.argmax(mask == 1, axis=1))  # HF: left padding is not "seen"
+    if logits_processor is not None:
+        processors.extend([logits_processor] if callable(logits_processor) else logits_processor)
+    criteria = _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop,
+                               stopping_criteria, V)
+
+    # Buffers for the whole run: tokens and mask grow to the right, one column per step.
+    seqs = np.full((B, T0 + max_new_tokens), pad, dtype=np.int64)  # [B, T0 + max_new]
+    seqs[:, :T0] = ids
+    full_mask = np.ones((B, T0 + max_new_tokens), dtype=np.int64)
+    full_mask[:, :T0] = mask
+    live = np.ones(B, dtype=bool)
+    reasons: List[Optional[str]] = ["length"] * B if max_new_tokens == 0 else [None] * B
+    new_counts = np.zeros(B, dtype=np.int64)
+    all_scores, all_logprobs = [], []
+    if streamer is not None and hasattr(streamer, "put"):
+        _streamer_put(streamer, ids)  # HF streamers receive the prompt first
+
+    n = 0
+    if max_new_tokens > 0:
+        keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+        cache = model.new_cache(B, T0 + max_new_tokens) if hasattr(model, "new_cache") else None
+        positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)  # [B, T0] as HF
+        logits, cache = _forward(model, ids, mask, cache, positions, keep_last)  # prefill
+        for step in range(max_new_tokens):
+            S = T0 + step
+            _check_finite(logits, live, step)
+            scores = processors(seqs[:, :S], logits.astype(np.float32, copy=False))  # [B, V]
+            tok = _select(scores, live, do_sample, rng, pad, step)  # [B]
+            seqs[:, S] = tok
+            new_counts += live
+            n = step + 1
+            if output_scores:
+                all_scores.append(np.asarray(scores, dtype=np.float32))
+            if output_logprobs:
+                lp = np.zeros(B, dtype=np.float32)
+                rows = np.nonzero(live)[0]
+                lp[rows] = sampling.log_softmax(scores[rows])[np.arange(rows.size), tok[rows]]
+                all_logprobs.append(lp)
+            _streamer_put(streamer, tok)
+
+            stop, why = criteria(seqs[:, :S + 1], tok, T0)
+            for b in np.nonzero(stop & live)[0]:
+                reasons[b] = why[b]
+            live &= ~stop
+            if not live.any():
+                break
+            pos = full_mask[:, :S + 1].sum(axis=1, keepdims=True) - 1  # [B, 1]
+            logits, cache = _forward(model, tok[:, None], full_mask[:, :S + 1], cache, pos, keep_last)
+    if streamer is not None and hasattr(streamer, "end"):
+        streamer.end()
+
+    sequences = seqs[:, :T0 + n]
+    if not return_dict_in_generate:
+        return sequences
+    out = GenerateOutput(
+        sequences=sequences, stop_reasons=list(reasons),
+        scores=tuple(all_scores) if output_scores else None,
+        logprobs=(np.stack(all_logprobs, axis=1) if all_logprobs else np.zeros((B, 0), np.float32))
+        if output_logprobs else None,
+        num_new_tokens=new_counts)
+    return out

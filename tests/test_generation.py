@@ -1,0 +1,342 @@
+"""The generate loop (lesson 05): HF parity, reference parity, stop conditions, options, errors.
+
+The expected tokens come from HF ``LlamaForCausalLM.generate`` and from the
+PyTorch loop in ``reference/generation.py``, both running the same random weights.
+"""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from npllm import CausalLM, ModelConfig
+from npllm.errors import GenerationParameterError
+from npllm.generation import GenerateOutput, NonFiniteLogitsError, generate
+from npllm.stopping import JsonCompleteCriteria, RepetitionCriteria, StoppingCriteria, json_is_complete
+from reference.generation import generate as reference_generate
+from reference.model import CausalLM as TorchCausalLM
+
+V = 97
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine every
+    parallel launch waits for a free core: run this module single-threaded."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(torch_threads)
+    numba.set_num_threads(numba_threads)
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   rms_norm_eps=1e-6, initializer_range=0.3, tie_word_embeddings=False,
+                                   bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model(hf_model):
+    ours = CausalLM(ModelConfig.from_dict(hf_model.config.to_dict()), init=False)
+    ours.load_state_dict(hf_model.state_dict())
+    return ours
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Three prompts of lengths 7, 4 and 2, left-padded with PAD."""
+    rows = [[5, 17, 33, 2, 90, 41, 8], [61, 3, 3, 77], [12, 50]]
+    T0 = max(len(r) for r in rows)
+    ids = np.full((3, T0), PAD, dtype=np.int64)
+    mask = np.zeros((3, T0), dtype=np.int64)
+    for b, r in enumerate(rows):
+        ids[b, T0 - len(r):] = r
+        mask[b, T0 - len(r):] = 1
+    return rows, ids, mask
+
+
+PAD = 0
+
+
+def hf_generate(hf_model, ids, mask, **kw):
+    with torch.no_grad():
+        out = hf_model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=PAD, top_k=None,
+                                top_p=None, temperature=None, **kw)
+    return out.numpy()
+
+
+@pytest.fixture(scope="module")
+def eos_setup(hf_model, batch):
+    """An EOS id that row 0 produces early while another row does not: EOS, then padding."""
+    rows, ids, mask = batch
+    free = hf_generate(hf_model, ids, mask, eos_token_id=None)[:, ids.shape[1]:]  # [3, MAX_NEW]
+    for tok in np.unique(free):
+        first = [int(np.argmax(r == tok)) if (r == tok).any() else MAX_NEW for r in free]
+        # stops one row early and leaves some row running to the end
+        if 1 <= min(first) <= MAX_NEW - 4 and max(first) == MAX_NEW and tok != PAD:
+            return int(tok)
+    pytest.fail(f"no usable EOS in the greedy output {free}")
+
+
+# ============================================================== parity
+def test_greedy_batch_matches_hf_token_for_token_with_eos_and_padding(hf_model, model, batch, eos_setup):
+    rows, ids, mask = batch
+    expected = hf_generate(hf_model, ids, mask, eos_token_id=eos_setup)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                   eos_token_id=eos_setup, pad_token_id=PAD, return_dict_in_generate=True)
+    np.testing.assert_array_equal(out.sequences, expected)
+    new = expected[:, ids.shape[1]:]
+    assert (new == eos_setup).any(axis=1).sum() >= 1 and (new == PAD).any()  # EOS and padding happened
+    assert "eos" in out.stop_reasons and "length" in out.stop_reasons
+
+
+def test_each_row_of_the_batch_equals_the_row_generated_alone(hf_model, model, batch, eos_setup):
+    rows, ids, mask = batch
+    together = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                        eos_token_id=eos_setup, pad_token_id=PAD)
+    T0 = ids.shape[1]
+    for b, r in enumerate(rows):
+        alone = generate(model, np.array([r]), max_new_tokens=MAX_NEW, temperature=0,
+                         eos_token_id=eos_setup, pad_token_id=PAD)
+        hf_alone = hf_generate(hf_model, np.array([r]), np.ones((1, len(r)), np.int64), eos_token_id=eos_setup)
+        np.testing.assert_array_equal(alone, hf_alone)
+        n = alone.shape[1] - len(r)
+        np.testing.assert_array_equal(together[b, T0:T0 + n], alone[0, len(r):])
+        assert np.all(together[b, T0 + n:] == PAD)  # padded after its own EOS
+
+
+def test_greedy_with_penalties_matches_hf(hf_model, model, batch):
+    rows, ids, mask = batch
+    kw = dict(repetition_penalty=1.8, no_repeat_ngram_size=2, min_new_tokens=5)
+    expected = hf_generate(hf_model, ids, mask, eos_token_id=[7, 30], **kw)
+    ours = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
+                    eos_token_id=[7, 30], pad_token_id=PAD, **kw)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_greedy_matches_the_pytorch_reference_loop(hf_model, model, batch, eos_setup):
+    rows, ids, mask = batch
+    ref = TorchCausalLM(model.config).eval()
+    ref.load_state_dict(hf_model.state_dict(), strict=False)
+    expected = reference_generate(ref, torch.from_numpy(ids), max_new_tokens=MAX_NEW, temperature=0.0,
+                                  repetition_penalty=1.3, eos_token_id=eos_setup, pad_token_id=PAD,
+                                  attention_mask=torch.from_numpy(mask)).numpy()
+    ours = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                    repetition_penalty=1.3, eos_token_id=eos_setup, pad_token_id=PAD)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_cached_loop_equals_recomputing_the_whole_sequence_each_step(model):
+    prompt = np.array([[4, 8, 15, 16, 23, 42]])
+    seq = prompt
+    for _ in range(8):  # no cache at all: the naive O(n^2) loop the KV cache replaces
+        logits, _ = model.forward(seq)
+        seq = np.concatenate([seq, [[int(np.argmax(logits[0, -1]))]]], axis=1)
+    np.testing.assert_array_equal(generate(model, prompt, max_new_tokens=8, temperature=0, eos_token_id=[]), seq)
+
+
+# ============================================================== options
+def test_max_new_tokens_counts_only_new_tokens(model):
+    long_prompt = np.arange(1, 41)[None, :]
+    assert generate(model, long_prompt, max_new_tokens=5, eos_token_id=[], seed=0).shape == (1, 45)
+    np.testing.assert_array_equal(generate(model, long_prompt, max_new_tokens=0), long_prompt)
+
+
+def test_temperature_zero_is_greedy_and_the_same_seed_repeats_a_sample(model):
+    prompt = [3, 1, 4, 1, 5]  # a plain list works; a 1-D prompt is one row
+    greedy = generate(model, prompt, max_new_tokens=8, temperature=0.0, eos_token_id=[])
+    np.testing.assert_array_equal(greedy, generate(model, prompt, max_new_tokens=8, do_sample=False,
+                                                   eos_token_id=[]))
+    np.testing.assert_array_equal(greedy, generate(model, prompt, max_new_tokens=8, top_k=1, seed=3,
+                                                   eos_token_id=[]))  # top-1 sampling is greedy
+    a = generate(model, prompt, max_new_tokens=10, temperature=1.5, seed=42, eos_token_id=[])
+    b = generate(model, prompt, max_new_tokens=10, temperature=1.5, seed=42, eos_token_id=[])
+    c = generate(model, prompt, max_new_tokens=10, temperature=1.5, seed=43, eos_token_id=[])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    np.testing.assert_array_equal(model.generate(np.array([prompt]), max_new_tokens=8, temperature=0,
+                                                 eos_token_id=[]), greedy)
+
+
+def test_sampling_only_draws_tokens_the_filters_keep(model):
+    out = generate(model, [9, 9, 2], max_new_tokens=6, top_k=3, seed=0, eos_token_id=[],
+                   return_dict_in_generate=True, output_scores=True, output_logprobs=True)
+    new = out.sequences[0, 3:]
+    for step, scores in enumerate(out.scores):
+        assert np.isfinite(scores[0]).sum() == 3 and np.isfinite(scores[0, new[step]])
+    assert out.logprobs.shape == (1, 6) and np.all(out.logprobs <= 0)
+    assert np.all(out.logprobs > np.log(1e-9))
+
+
+def test_presence_penalty_and_no_repeat_unigrams_prevent_repeats(model):
+    out = generate(model, [1, 2, 3], max_new_tokens=15, temperature=0, presence_penalty=1e4, eos_token_id=[])
+    assert len(set(out[0, 3:].tolist())) == 15
+    out = generate(model, [1, 2, 3], max_new_tokens=15, temperature=0, no_repeat_ngram_size=1, eos_token_id=[])
+    assert len(set(out[0].tolist())) == 18
+
+
+def test_stop_reasons_eos_length_and_stop(model, batch):
+    rows, ids, mask = batch
+    free = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0, eos_token_id=[])
+    T0 = ids.shape[1]
+    stop_seq = free[1, T0 + 2:T0 + 4].tolist()  # row 1's 3rd and 4th tokens
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                   eos_token_id=int(free[0, T0]), stop_token_sequences=[stop_seq], pad_token_id=PAD,
+                   return_dict_in_generate=True)
+    assert out.stop_reasons[0] == "eos" and out.num_new_tokens[0] == 1
+    assert out.stop_reasons[1] == "stop" and out.num_new_tokens[1] <= 4
+    np.testing.assert_array_equal(out.sequences[1, T0 + out.num_new_tokens[1] - 2:T0 + out.num_new_tokens[1]],
+                                  stop_seq)
+    assert out.stop_reasons[2] in ("length", "stop", "eos")
+
+
+def test_min_new_tokens_postpones_eos(model):
+    first = int(generate(model, [6, 6], max_new_tokens=1, temperature=0, eos_token_id=[])[0, 2])
+    assert generate(model, [6, 6], max_new_tokens=5, temperature=0, eos_token_id=first).shape == (1, 3)
+    out = generate(model, [6, 6], max_new_tokens=5, temperature=0, eos_token_id=first, min_new_tokens=3)
+    assert first not in out[0, 2:5].tolist()
+
+
+class EveryOtherRowAfter(StoppingCriteria):
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, input_ids, new_token_ids, prompt_length):
+        done = input_ids.shape[1] - prompt_length >= self.n
+        return np.array([done and b % 2 == 0 for b in range(input_ids.shape[0])])
+
+
+def test_user_stopping_criteria_and_callbacks(model, batch):
+    rows, ids, mask = batch
+    seen = []
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=6, temperature=0, eos_token_id=[],
+                   stopping_criteria=[EveryOtherRowAfter(2)], streamer=seen.append, pad_token_id=PAD,
+                   return_dict_in_generate=True)
+    assert out.stop_reasons == ["stop", "length", "stop"]
+    assert list(out.num_new_tokens) == [2, 6, 2]
+    np.testing.assert_array_equal(np.stack(seen, axis=1), out.sequences[:, ids.shape[1]:])
+
+
+def test_hf_style_streamer_gets_the_prompt_then_tokens_then_end(model):
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(np.asarray(value))
+
+        def end(self):
+            self.calls.append("end")
+
+    rec = Recorder()
+    out = generate(model, [[1, 2, 3]], max_new_tokens=4, temperature=0, eos_token_id=[], streamer=rec)
+    assert rec.calls[-1] == "end" and len(rec.calls) == 6
+    np.testing.assert_array_equal(rec.calls[0], [[1, 2, 3]])
+    np.testing.assert_array_equal(np.concatenate(rec.calls[1:5]), out[0, 3:])
+
+
+def test_repetition_stop_ends_a_looping_row(model):
+    looping = generate(model, [2, 2, 2], max_new_tokens=30, temperature=0, eos_token_id=[])[0, 3:]
+    crit = RepetitionCriteria(max_ngram_size=4, min_repeats=3)
+    hits = [k for k in range(1, 31) if crit(looping[None, :k], looping[k - 1:k], 0)[0]]
+    out = generate(model, [2, 2, 2], max_new_tokens=30, temperature=0, eos_token_id=[], repetition_stop=(4, 3),
+                   return_dict_in_generate=True)
+    if hits:  # the output loops: generation stops right where the criterion first fires
+        assert out.stop_reasons == ["stop"] and out.num_new_tokens[0] == hits[0]
+    else:
+        assert out.stop_reasons == ["length"]
+    # the criterion itself, on a hand-made loop
+    ids = np.array([[9, 1, 2, 3, 1, 2, 3, 1, 2, 3], [9, 1, 2, 3, 1, 2, 3, 4, 2, 3]])
+    np.testing.assert_array_equal(crit(ids, ids[:, -1], 1), [True, False])
+    np.testing.assert_array_equal(RepetitionCriteria(1, 3)(np.array([[5, 5, 5]]), None, 0), [True])
+
+
+def test_json_criterion_stops_when_braces_balance():
+    assert json_is_complete('Sure: {"a": [1, {"b": "}"}], "c": "\\"{"}')
+    assert not json_is_complete('{"a": [1, 2')
+    assert not json_is_complete('{"a": "}"')
+    assert not json_is_complete("no json here }")
+    text = {1: "{", 2: '"k"', 3: ": ", 4: "[1]", 5: "}", 6: "x"}
+    crit = JsonCompleteCriteria(lambda ids: "".join(text[i] for i in ids))
+    ids = np.array([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 6]])
+    np.testing.assert_array_equal(crit(ids, ids[:, -1], 1), [True, False])
+
+
+# ============================================================== errors
+class NaNModel:
+    class config:
+        vocab_size = 10
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None):
+        logits = np.zeros((input_ids.shape[0], input_ids.shape[1], 10), np.float32)
+        logits[-1, -1, 3] = np.nan
+        return logits, None
+
+
+def test_nan_logits_raise_a_clear_error():
+    with pytest.raises(NonFiniteLogitsError, match="NaN/inf logits at generation step 0 for batch rows \\[1\\]"):
+        generate(NaNModel(), [[1, 2], [3, 4]], max_new_tokens=3)
+
+
+BAD = [
+    (dict(temperature=-0.5), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.01), "top_p"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_k=1.5), "top_k"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"),
+    (dict(repetition_penalty=-1.0), "repetition_penalty"),
+    (dict(min_p=-0.01), "min_p"),
+    (dict(min_p=1.5), "min_p"),
+    (dict(typical_p=0.0), "typical_p"),
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(min_new_tokens=-2), "min_new_tokens"),
+    (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+    (dict(frequency_penalty=float("inf")), "frequency_penalty"),
+    (dict(eos_token_id=V), "eos_token_id"),
+    (dict(eos_token_id=[1, -1]), "eos_token_id"),
+    (dict(pad_token_id=V + 5), "pad_token_id"),
+    (dict(seed=-1), "seed"),
+    (dict(do_sample="yes"), "do_sample"),
+    (dict(stop_token_sequences=[[]]), "stop_token_sequences"),
+    (dict(stop_token_sequences=[[1, V]]), "stop_token_sequences"),
+    (dict(repetition_stop=(2, 1)), "min_repeats"),
+    (dict(repetition_stop="yes"), "repetition_stop"),
+    (dict(attention_mask=[[1, 1, 0]]), "left-padded"),
+    (dict(attention_mask=[[1, 1]]), "attention_mask"),
+    (dict(attention_mask=[[0, 0, 0]]), "attention_mask"),
+    (dict(streamer=42), "streamer"),
+]
+
+
+@pytest.mark.parametrize("kwargs,name", BAD, ids=[f"{i}-{n}" for i, (_, n) in enumerate(BAD)])
+def test_bad_parameters_raise_a_value_error_naming_them(model, kwargs, name):
+    with pytest.raises(GenerationParameterError, match=name) as err:
+        generate(model, [[1, 2, 3]], **{"max_new_tokens": 2, **kwargs})
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("prompt", [[], [[]], [[1, V]], [[-1, 2]], [[1, 2], [3]], [[0.5, 1.0]]],
+                         ids=["empty", "empty-row", "id-too-big", "negative-id", "ragged", "floats"])
+def test_bad_prompts_raise_a_value_error_naming_input_ids(model, prompt):
+    with pytest.raises(GenerationParameterError, match="input_ids"):
+        generate(model, prompt, max_new_tokens=2)
+
+
+def test_generate_output_is_a_dataclass_with_sequences(model):
+    out = generate(model, [1, 2], max_new_tokens=3, temperature=0, eos_token_id=[], return_dict_in_generate=True)
+    assert isinstance(out, GenerateOutput) and out.sequences.dtype == np.int64
+    assert out.scores is None and out.logprobs is None and out.stop_reasons == ["length"]
