@@ -7,7 +7,7 @@ x: [..., D] -> gate, up: [..., F] -> [..., D]
 
 import numpy as np
 
-from .._jit import njit_parallel, prange, reference_mode
+from .._jit import njit, reference_mode
 from .linear import linear
 
 
@@ -19,11 +19,11 @@ def swiglu_ref(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return silu(gate) * up
 
 
-@njit_parallel
+@njit
 def _swiglu_kernel(gate, up, out):
     # gate, up, out: [N, F]; one fused pass instead of three temporaries
     n, f = gate.shape
-    for i in prange(n):
+    for i in range(n):
         for j in range(f):
             g = gate[i, j]
             out[i, j] = g / (1.0 + np.exp(-g)) * up[i, j]

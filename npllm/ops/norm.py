@@ -8,7 +8,7 @@ Both normalise over the last axis (D) and compute in the input's float dtype.
 
 import numpy as np
 
-from .._jit import njit_parallel, prange, reference_mode
+from .._jit import njit, reference_mode
 
 
 def rms_norm_ref(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -23,11 +23,11 @@ def layer_norm_ref(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: flo
     return (x - mu) / np.sqrt(var + eps) * weight + bias
 
 
-@njit_parallel
+@njit
 def _rms_norm_kernel(x, weight, eps, out):
     # x, out: [N, D]
     n, d = x.shape
-    for i in prange(n):
+    for i in range(n):
         ss = 0.0
         for j in range(d):
             ss += x[i, j] * x[i, j]
@@ -36,10 +36,10 @@ def _rms_norm_kernel(x, weight, eps, out):
             out[i, j] = x[i, j] * inv * weight[j]
 
 
-@njit_parallel
+@njit
 def _layer_norm_kernel(x, weight, bias, eps, out):
     n, d = x.shape
-    for i in prange(n):
+    for i in range(n):
         mu = 0.0
         for j in range(d):
             mu += x[i, j]

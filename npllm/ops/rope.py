@@ -13,7 +13,7 @@ Matches HF ``LlamaRotaryEmbedding`` + ``apply_rotary_pos_emb``.
 
 import numpy as np
 
-from .._jit import njit_parallel, prange, reference_mode
+from .._jit import njit, reference_mode
 
 
 def rope_cos_sin(position_ids: np.ndarray, head_dim: int, theta: float, dtype=np.float32):
@@ -31,12 +31,12 @@ def apply_rope_ref(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarra
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-@njit_parallel
+@njit
 def _apply_rope_kernel(x, cos, sin, out):
     # x, out: [B, H, T, Dh]; cos, sin: [B, T, Dh]
     B, H, T, Dh = x.shape
     half = Dh // 2
-    for bh in prange(B * H):
+    for bh in range(B * H):
         b = bh // H
         h = bh % H
         for t in range(T):

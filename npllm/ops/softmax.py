@@ -10,7 +10,7 @@ Matches ``torch.softmax`` on every row that has at least one finite entry.
 
 import numpy as np
 
-from .._jit import njit_parallel, prange, reference_mode
+from .._jit import njit, reference_mode
 
 
 def softmax_ref(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -21,11 +21,11 @@ def softmax_ref(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.where(s == 0, 1.0, s)
 
 
-@njit_parallel
+@njit
 def _softmax_kernel(x, out):
     # x, out: [N, V]
     n, v = x.shape
-    for i in prange(n):
+    for i in range(n):
         m = -np.inf
         for j in range(v):
             if x[i, j] > m:
