@@ -1,0 +1,432 @@
+"""Lesson 06 — GGUF tensor types: what the bytes of a quantized weight mean.
+
+llama.cpp stores a weight matrix row by row; each row is cut into *blocks* of 32
+(or 256) values, and each block is stored as a few small integers plus one or two
+fp16 scales.  A 4-bit block of 32 weights takes 18-20 bytes instead of 128, which
+is why a 135M-parameter model fits in ~100 MB and decodes fast: decoding a token
+reads every weight once, so fewer bytes means more tokens per second.
+
+This module has, for each supported type, a short NumPy reference dequantizer
+(``dequantize_ref``; the block layout is drawn in the comment above each one) and
+``QuantizedWeight``, the object that keeps a weight quantized in memory and
+multiplies by it (the fast Numba kernels are in ``quant_kernels.py``, lesson 07).
+It matches ``gguf.quants.dequantize`` (the gguf package) and what HF transformers'
+GGUF loader produces (``modeling_gguf_pytorch_utils``), value for value.
+
+    w = QuantizedWeight.from_raw(tensor.data, tensor.tensor_type, shape=(rows, cols))
+    y = w.matmul(x)          # x [N, cols] -> y [N, rows] = x @ W.T, W never materialised
+    W = w.dequantize()       # float32 [rows, cols]
+
+Shape legend: R rows (out features), D columns (in features), N inputs, nb blocks per row.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ModelFormatError
+
+# GGML type ids (= gguf.GGMLQuantizationType) and names of every type a GGUF file may hold.
+GGML_TYPE_NAMES: Dict[int, str] = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
+    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0",
+}
+F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 14, 30
+
+# Supported types: id -> (values per block, bytes per block)
+BLOCK_LAYOUT: Dict[int, Tuple[int, int]] = {
+    F32: (1, 4), F16: (1, 2), BF16: (1, 2),
+    Q8_0: (32, 34), Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22),
+    Q4_K: (256, 144), Q6_K: (256, 210),
+}
+DENSE_TYPES = (F32, F16, BF16)
+
+# Batches of at least this many inputs go through BLAS on dequantized tiles.
+PREFILL_MIN_N = 16
+TILE_ROWS = 512
+
+
+def type_name(ggml_type: int) -> str:
+    """'Q4_1' for 3, etc.; 'type 99' for ids no GGUF version defines."""
+    return GGML_TYPE_NAMES.get(int(ggml_type), f"type {int(ggml_type)}")
+
+
+def _check_type(ggml_type) -> int:
+    t = int(ggml_type)
+    if t not in BLOCK_LAYOUT:
+        supported = ", ".join(type_name(k) for k in BLOCK_LAYOUT)
+        raise ModelFormatError(
+            f"unsupported GGUF tensor type {type_name(t)} (ggml type id {t}); npllm supports {supported}"
+        )
+    return t
+
+
+def _as_rows(raw, ggml_type, shape) -> Tuple[np.ndarray, int, int, int]:
+    """Validate and view ``raw`` as uint8 [rows, row_bytes]; returns (rows_u8, type, rows, cols)."""
+    t = _check_type(ggml_type)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ModelFormatError(f"shape must be a tuple of ints, got {shape!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ModelFormatError(f"shape must be non-empty with positive sizes, got {shape}")
+    cols = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    per_block, block_bytes = BLOCK_LAYOUT[t]
+    if cols % per_block:
+        raise ModelFormatError(
+            f"{type_name(t)} tensor of shape {shape}: the row length {cols} is not a multiple "
+            f"of the {type_name(t)} block size {per_block}"
+        )
+    row_bytes = cols // per_block * block_bytes
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8:
+        raw = np.ascontiguousarray(raw).view(np.uint8)
+    if raw.ndim == 2 and raw.shape != (rows, row_bytes):
+        raise ModelFormatError(
+            f"{type_name(t)} tensor of shape {shape} needs {rows} rows of {row_bytes} bytes, "
+            f"got raw data of shape {raw.shape} (bytes)"
+        )
+    if raw.size != rows * row_bytes:
+        raise ModelFormatError(
+            f"{type_name(t)} tensor of shape {shape} needs {rows * row_bytes} bytes, got {raw.size}"
+        )
+    return raw.reshape(rows, row_bytes), t, rows, cols
+
+
+# ---------------------------------------------------------------------------
+# NumPy reference dequantizers: blocks [n, block_bytes] uint8 -> values [n, per_block] float32
+# ---------------------------------------------------------------------------
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    # [n, 2] little-endian bytes -> [n, 1] float32
+    return np.ascontiguousarray(b).view("<f2").astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    # [n, 16] bytes -> [n, 32] values: low nibbles are values 0..15, high nibbles 16..31
+    return np.concatenate([qs & 15, qs >> 4], axis=1)
+
+
+def _dequant_f32(blocks):
+    return np.ascontiguousarray(blocks).view("<f4")
+
+
+def _dequant_f16(blocks):
+    return np.ascontiguousarray(blocks).view("<f2").astype(np.float32)
+
+
+def _dequant_bf16(blocks):
+    # bf16 = the top 16 bits of an fp32
+    return (np.ascontiguousarray(blocks).view("<u2").astype(np.uint32) << 16).view(np.float32)
+
+
+def _dequant_q8_0(blocks):
+    # | d: f16 | q: int8 x 32 |              w = d * q
+    d = _f16(blocks[:, 0:2])
+    return d * blocks[:, 2:].view(np.int8).astype(np.float32)
+
+
+def _dequant_q4_0(blocks):
+    # | d: f16 | qs: 16 bytes (2 x 4 bits) |  w = d * (q - 8)
+    d = _f16(blocks[:, 0:2])
+    return d * (_nibbles(blocks[:, 2:]).astype(np.float32) - 8)
+
+
+def _dequant_q4_1(blocks):
+    # | d: f16 | m: f16 | qs: 16 bytes |     w = d * q + m
+    d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    return d * _nibbles(blocks[:, 4:]).astype(np.float32) + m
+
+
+def _dequant_q5_0(blocks):
+    # | d: f16 | qh: u32 (bit i = 5th bit of value i) | qs: 16 bytes |   w = d * (q - 16)
+    d = _f16(blocks[:, 0:2])
+    qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")  # [n, 1]
+    high = (qh >> np.arange(32, dtype=np.uint32)) & 1  # [n, 32]
+    q = _nibbles(blocks[:, 6:]) | (high << 4).astype(np.uint8)
+    return d * (q.astype(np.float32) - 16)
+
+
+def _dequant_q4_k(blocks):
+    # super-block of 256 = 8 sub-blocks of 32:
+    # | d: f16 | dmin: f16 | scales: 12 bytes (8 x 6-bit scale, 8 x 6-bit min) | qs: 128 bytes |
+    # w = d * scale_j * q - dmin * min_j; qs bytes 32g..32g+31 hold sub-block 2g (low) and 2g+1 (high)
+    n = blocks.shape[0]
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    s = blocks[:, 4:16]
+    # scales bytes 0-3: scale 0-3 (low 6 bits); 4-7: min 0-3; 8-11: low 4 bits of scale 4-7 and
+    # high 4 bits min 4-7; the top 2 bits of bytes 0-3 / 4-7 are the high bits of scale / min 4-7
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    qs = blocks[:, 16:].reshape(n, 4, 32)
+    q = np.stack([qs & 15, qs >> 4], axis=2).reshape(n, 8, 32).astype(np.float32)
+    w = (d * sc.astype(np.float32))[:, :, None] * q - (dmin * mn.astype(np.float32))[:, :, None]
+    return w.reshape(n, 256)
+
+
+def _dequant_q6_k(blocks):
+    # super-block of 256 = 16 groups of 16 sharing an int8 scale:
+    # | ql: 128 bytes (low 4 bits) | qh: 64 bytes (high 2 bits) | scales: int8 x 16 | d: f16 |
+    # w = d * scale[i // 16] * (q - 32).  In each half h of 128 values: ql[64h + l] holds values
+    # l (low nibble) and l + 64 (high), ql[64h + 32 + l] values l + 32 and l + 96, and
+    # qh[32h + l] bits 0-1 / 2-3 / 4-5 / 6-7 are the high bits of values l / l+32 / l+64 / l+96.
+    n = blocks.shape[0]
+    ql = blocks[:, 0:128].reshape(n, 2, 64)
+    qh = blocks[:, 128:192].reshape(n, 2, 32)
+    sc = blocks[:, 192:208].view(np.int8).astype(np.float32)
+    d = _f16(blocks[:, 208:210])
+    low = np.concatenate([ql & 15, ql >> 4], axis=2)  # [n, 2, 128]
+    high = np.concatenate([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], axis=2)  # [n, 2, 128]
+    q = (low | (high << 4)).astype(np.float32).reshape(n, 16, 16) - 32
+    return ((d * sc)[:, :, None] * q).reshape(n, 256)
+
+
+_DEQUANT_REF = {
+    F32: _dequant_f32, F16: _dequant_f16, BF16: _dequant_bf16, Q8_0: _dequant_q8_0,
+    Q4_0: _dequant_q4_0, Q4_1: _dequant_q4_1, Q5_0: _dequant_q5_0, Q4_K: _dequant_q4_k,
+    Q6_K: _dequant_q6_k,
+}
+
+
+def dequantize_ref(raw, ggml_type: int, shape: Sequence[int]) -> np.ndarray:
+    """NumPy reference: raw GGUF bytes -> float32 array of ``shape`` (HF order [out, in])."""
+    rows_u8, t, rows, cols = _as_rows(raw, ggml_type, shape)
+    block_bytes = BLOCK_LAYOUT[t][1]
+    values = _DEQUANT_REF[t](rows_u8.reshape(-1, block_bytes))
+    return values.reshape(tuple(int(s) for s in shape)).astype(np.float32, copy=False)
+
+
+def dequantize(raw, ggml_type: int, shape: Sequence[int]) -> np.ndarray:
+    """Raw GGUF bytes (uint8 [rows, row_bytes] or flat) -> float32 array of ``shape``.
+
+    Raises ModelFormatError naming the type if it is unsupported, or if the bytes do not
+    match the shape.
+    """
+    rows_u8, t, rows, cols = _as_rows(raw, ggml_type, shape)
+    if _use_reference():
+        return dequantize_ref(rows_u8, t, shape)
+    w = QuantizedWeight(t, (rows, cols), _repack(rows_u8, t))
+    return w.dequantize().reshape(tuple(int(s) for s in shape))
+
+
+# ---------------------------------------------------------------------------
+# The in-memory layout used by the kernels ("planes", see quant_kernels.py)
+# ---------------------------------------------------------------------------
+
+
+def _field(blocks: np.ndarray, start: int, stop: int) -> np.ndarray:
+    # blocks [R, nb, block_bytes] -> bytes start:stop of every block, as [R, nb * (stop - start)]
+    rows = blocks.shape[0]
+    return np.ascontiguousarray(blocks[:, :, start:stop]).reshape(rows, -1)
+
+
+def _repack(rows_u8: np.ndarray, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 [R, row_bytes] in GGUF order -> (q, s1, s2) planes, same total bytes."""
+    rows = rows_u8.shape[0]
+    empty = np.empty((rows, 0), np.uint8)
+    if t not in (Q8_0, Q4_0, Q4_1, Q5_0):  # dense and K-quant rows are used as they are
+        return np.ascontiguousarray(rows_u8), empty, empty
+    blocks = rows_u8.reshape(rows, -1, BLOCK_LAYOUT[t][1])
+    d = _field(blocks, 0, 2)
+    if t == Q8_0:
+        return _field(blocks, 2, 34), d, empty
+    if t == Q4_0:
+        return _field(blocks, 2, 18), d, empty
+    if t == Q4_1:
+        return _field(blocks, 4, 20), d, _field(blocks, 2, 4)
+    return _field(blocks, 6, 22), d, _field(blocks, 2, 6)  # Q5_0: qs, d, qh
+
+
+def _unpack(planes, t: int) -> np.ndarray:
+    """Inverse of _repack: planes -> uint8 [R, row_bytes] in GGUF order."""
+    q, s1, s2 = planes
+    if t not in (Q8_0, Q4_0, Q4_1, Q5_0):
+        return q
+    rows, nb = q.shape[0], s1.shape[1] // 2
+    parts = [s1.reshape(rows, nb, 2)]
+    if t in (Q4_1, Q5_0):
+        parts.append(s2.reshape(rows, nb, -1))
+    parts.append(q.reshape(rows, nb, -1))
+    return np.concatenate(parts, axis=2).reshape(rows, -1)
+
+
+def _use_reference() -> bool:
+    import numba
+
+    from .._jit import reference_mode
+
+    return reference_mode() or bool(numba.config.DISABLE_JIT)
+
+
+_scratch = threading.local()
+
+
+def _tile_buffer(rows: int, cols: int) -> np.ndarray:
+    """A reusable float32 [rows, cols] buffer (one per thread) for prefill tiles."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < rows * cols:
+        buf = _scratch.buf = np.empty(rows * cols, np.float32)
+    return buf[: rows * cols].reshape(rows, cols)
+
+
+class QuantizedWeight:
+    """A weight matrix W [R, D] (HF order: out features x in features) kept in GGUF blocks.
+
+    ``matmul(x)`` computes ``x @ W.T`` without materialising W: for a few inputs (decode)
+    Numba kernels dequantize 8 values at a time in registers; for many inputs (prefill) W is
+    dequantized tile by tile into a reusable buffer and multiplied with BLAS.
+    """
+
+    def __init__(self, ggml_type: int, shape: Tuple[int, int], planes):
+        self.ggml_type = int(ggml_type)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._planes = planes  # (q, s1, s2): see quant_kernels.py
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_raw(cls, raw, ggml_type: int, shape: Optional[Sequence[int]] = None) -> "QuantizedWeight":
+        """From GGUF bytes: uint8 [R, row_bytes] (as GGUFReader's ``tensor.data``) or flat bytes."""
+        t = _check_type(ggml_type)
+        if shape is None:
+            raw_arr = np.asarray(raw)
+            if raw_arr.dtype != np.uint8 or raw_arr.ndim != 2:
+                raise ModelFormatError("shape is required unless raw is uint8 [rows, row_bytes]")
+            per_block, block_bytes = BLOCK_LAYOUT[t]
+            shape = (raw_arr.shape[0], raw_arr.shape[1] // block_bytes * per_block)
+        if len(tuple(shape)) != 2:
+            raise ModelFormatError(f"a QuantizedWeight is 2-D [out, in], got shape {tuple(shape)}")
+        rows_u8, t, rows, cols = _as_rows(raw, t, shape)
+        return cls(t, (rows, cols), _repack(rows_u8, t))
+
+    @classmethod
+    def concat_rows(cls, weights: Sequence["QuantizedWeight"]) -> "QuantizedWeight":
+        """Stack weights of one type and width along rows (e.g. q, k, v -> one [Rq+Rk+Rv, D]).
+
+        One matmul on the result replaces several calls (less per-call overhead in decode)."""
+        weights = list(weights)
+        if not weights:
+            raise ValueError("concat_rows needs at least one weight")
+        t, cols = weights[0].ggml_type, weights[0].shape[1]
+        for w in weights:
+            if w.ggml_type != t or w.shape[1] != cols:
+                raise ValueError(
+                    f"concat_rows needs one type and width: got {w.type_name} {w.shape} "
+                    f"and {type_name(t)} {weights[0].shape}"
+                )
+        planes = tuple(np.concatenate([w._planes[i] for w in weights]) for i in range(3))
+        return cls(t, (sum(w.shape[0] for w in weights), cols), planes)
+
+    # -- properties -------------------------------------------------------
+    @property
+    def type_name(self) -> str:
+        return type_name(self.ggml_type)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(p.nbytes for p in self._planes))
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)  # the dtype of what matmul/dequantize produce
+
+    def __repr__(self) -> str:
+        return f"QuantizedWeight({self.type_name}, shape={self.shape}, nbytes={self.nbytes})"
+
+    def raw(self) -> np.ndarray:
+        """The GGUF bytes, uint8 [R, row_bytes]."""
+        return _unpack(self._planes, self.ggml_type)
+
+    # -- dequantization ---------------------------------------------------
+    def dequantize(self) -> np.ndarray:
+        """float32 [R, D]."""
+        return self._dequant_rows(0, self.shape[0])
+
+    def dequantize_ref(self) -> np.ndarray:
+        return dequantize_ref(self.raw(), self.ggml_type, self.shape)
+
+    def _dequant_rows(self, r0: int, r1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((r1 - r0, self.shape[1]), np.float32)
+        if _use_reference():
+            raw = self.raw()[r0:r1]
+            out[...] = dequantize_ref(raw, self.ggml_type, (r1 - r0, self.shape[1]))
+        else:
+            from .quant_kernels import dequant_rows
+
+            dequant_rows(self.ggml_type, self._planes, r0, out)
+        return out
+
+    def take_rows(self, ids) -> np.ndarray:
+        """Rows ``ids`` dequantized: float32 [len(ids), D] (embedding lookup)."""
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"take_rows: ids must be integers, got dtype {ids.dtype}")
+        flat = ids.reshape(-1).astype(np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.shape[0]):
+            raise ValueError(f"take_rows: ids must be in [0, {self.shape[0]}), got {flat.min()}..{flat.max()}")
+        sub = QuantizedWeight(self.ggml_type, (flat.size, self.shape[1]), tuple(p[flat] for p in self._planes))
+        return sub.dequantize().reshape(*ids.shape, self.shape[1])
+
+    def permute_rows(self, perm) -> "QuantizedWeight":
+        """A new weight with rows W[perm] (rows are whole blocks, so this is exact)."""
+        perm = np.asarray(perm, dtype=np.int64).reshape(-1)
+        if perm.size != self.shape[0] or not np.array_equal(np.sort(perm), np.arange(self.shape[0])):
+            raise ValueError(f"permute_rows: perm must be a permutation of range({self.shape[0]})")
+        return QuantizedWeight(self.ggml_type, self.shape, tuple(np.ascontiguousarray(p[perm]) for p in self._planes))
+
+    # -- multiplication ---------------------------------------------------
+    def matmul(self, x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """x [N, D] (or [D]) float32 -> x @ W.T: [N, R] (or [R]) float32.
+
+        ``out`` (float32 [N, R], C-contiguous) avoids an allocation per call."""
+        rows, cols = self.shape
+        x = np.asarray(x)
+        vector = x.ndim == 1
+        x2 = x.reshape(1, -1) if vector else x
+        if x2.ndim != 2 or x2.shape[1] != cols:
+            raise ValueError(f"matmul: x must be [N, {cols}] for a weight of shape {self.shape}, got {x.shape}")
+        if x2.dtype != np.float32 or not x2.flags.c_contiguous:
+            x2 = np.ascontiguousarray(x2, dtype=np.float32)
+        n = x2.shape[0]
+        if out is None:
+            out = np.empty((n, rows), np.float32)
+        elif out.shape != (n, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"matmul: out must be C-contiguous float32 [{n}, {rows}], got {out.dtype} {out.shape}")
+        if _use_reference():
+            out[...] = x2 @ self.dequantize_ref().T
+        elif n >= PREFILL_MIN_N:
+            self._matmul_tiles(x2, out)
+        else:
+            from .quant_kernels import matvec
+
+            matvec(self.ggml_type, self._planes, x2, out)
+        return out[0] if vector else out
+
+    def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
+        # prefill: W tile [T, D] dequantized into a reusable buffer, then BLAS x @ tile.T
+        rows, cols = self.shape
+        tile = min(rows, TILE_ROWS)
+        buf = _tile_buffer(tile, cols)
+        tmp = np.empty((x.shape[0], tile), np.float32)
+        for r0 in range(0, rows, tile):
+            r1 = min(rows, r0 + tile)
+            w = self._dequant_rows(r0, r1, buf[: r1 - r0])
+            np.matmul(x, w.T, out=tmp[:, : r1 - r0])
+            out[:, r0:r1] = tmp[:, : r1 - r0]
+
+
+def as_array_or_quantized(raw, ggml_type: int, shape: Sequence[int]):
+    """Loader helper: float32 ndarray for F32/F16/BF16 tensors, QuantizedWeight otherwise
+    (1-D quantized tensors are returned dequantized)."""
+    t = _check_type(ggml_type)
+    if t in DENSE_TYPES or len(tuple(shape)) != 2:
+        return dequantize(raw, t, shape)
+    return QuantizedWeight.from_raw(raw, t, shape)
