@@ -89,6 +89,6 @@ def attention(q, k, v, allowed):
     if reference_mode() or q.shape[2] > 16:
         return attention_ref(q, k, v, allowed)
     out = np.empty(q.shape, dtype=q.dtype)
-    _attention_kernel(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
-                      np.ascontiguousarray(allowed), out)
+    # k, v may be views into a preallocated cache: the kernel reads them in place, no copy.
+    _attention_kernel(q, k, v, allowed, out)
     return out
