@@ -286,3 +286,34 @@ def test_unknown_source_is_not_found():
 
     with pytest.raises(ModelNotFoundError, match="alias"):
         resolve_model("no-such-model-anywhere")
+
+
+@pytest.mark.parametrize("count", [2**31, 2**63, 10**6])
+def test_huge_array_count_fails_fast(tmp_path, count):
+    """A corrupted array count must not make the reader walk past the end of the file."""
+    import time
+
+    src = tmp_path / "full.gguf"
+    write_tiny_gguf(src, n_layers=1)
+    data = bytearray(src.read_bytes())
+    key = b"tokenizer.ggml.token_type"
+    at = data.find(key) + len(key) + 8  # skip value type (array) and item type (int32)
+    assert struct.unpack_from("<Q", data, at)[0] == len(tiny_vocab()[0])
+    struct.pack_into("<Q", data, at, count)
+    p = tmp_path / "huge.gguf"
+    p.write_bytes(bytes(data))
+    start = time.perf_counter()
+    with pytest.raises(ModelFormatError, match="array count"):
+        read_gguf(p)
+    assert time.perf_counter() - start < 5
+
+
+def test_huge_tensor_count_fails_fast(tmp_path):
+    src = tmp_path / "full.gguf"
+    write_tiny_gguf(src, n_layers=1)
+    data = bytearray(src.read_bytes())
+    struct.pack_into("<Q", data, 8, 2**40)  # tensor count
+    p = tmp_path / "huge.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="tensor count"):
+        read_gguf(p)

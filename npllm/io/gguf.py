@@ -25,6 +25,7 @@ dim, F MLP width.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import re
 import struct
@@ -265,17 +266,115 @@ def _open(path):
 
 
 def _check_header(path: str, size: int) -> None:
-    """Magic, version and byte order, before the reader starts parsing."""
+    """Magic and version, then a bounds-checked walk over the whole header (see ``_HeaderScan``)."""
     if size < 24:  # magic, version, tensor count, kv count
         raise ModelFormatError(f"{path}: file is too small to be GGUF ({size} bytes)")
     with open(path, "rb") as f:
         head = f.read(8)
-    if head[:4] != b"GGUF":
-        raise ModelFormatError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
-    (version,) = struct.unpack("<I", head[4:8])
-    if version not in (2, 3):
-        raise ModelFormatError(
-            f"{path}: unsupported GGUF version {version} (expected 2 or 3, little-endian)")
+        if head[:4] != b"GGUF":
+            raise ModelFormatError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
+        (version,) = struct.unpack("<I", head[4:8])
+        if version not in (2, 3):
+            raise ModelFormatError(
+                f"{path}: unsupported GGUF version {version} (expected 2 or 3, little-endian)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            _HeaderScan(mm, size, path).run()
+
+
+# GGUF metadata value types -> byte size (scalars); 8 = string, 9 = array.
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+_MAX_NAME = 1 << 16  # key / tensor name length
+
+
+class _HeaderScan:
+    """Walk the metadata and tensor-info sections, checking every count and length against the
+    bytes that remain, before ``GGUFReader`` trusts them (it would loop over a corrupted array
+    count of 2**32 one element at a time, long past the end of the file)."""
+
+    def __init__(self, buf, size: int, path: str):
+        self.buf, self.size, self.path, self.pos = buf, size, path, 8
+        self.where = "header"
+
+    def fail(self, what: str):
+        raise ModelFormatError(f"{self.path}: {what} (at byte {self.pos}, in {self.where})")
+
+    def take(self, n: int, what: str) -> int:
+        if n < 0 or self.pos + n > self.size:
+            self.fail(f"{what} needs {n} bytes but the file ends (truncated or corrupt)")
+        start = self.pos
+        self.pos += n
+        return start
+
+    def u32(self, what: str) -> int:
+        return struct.unpack_from("<I", self.buf, self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack_from("<Q", self.buf, self.take(8, what))[0]
+
+    def string(self, what: str, max_len: int) -> bytes:
+        n = self.u64(what + " length")
+        if n > max_len:
+            self.fail(f"{what} length {n} exceeds {max_len}")
+        start = self.take(n, what)
+        return bytes(self.buf[start:start + n])
+
+    def value(self, vtype: int, depth: int = 0) -> None:
+        if vtype in _SCALAR_SIZES:
+            self.take(_SCALAR_SIZES[vtype], "value")
+        elif vtype == _STRING:
+            self.string("string value", self.size)
+        elif vtype == _ARRAY:
+            if depth > 2:
+                self.fail("arrays nested too deeply")
+            itype = self.u32("array type")
+            count = self.u64("array count")
+            min_item = _SCALAR_SIZES.get(itype, 8 if itype == _STRING else 12)
+            if count * min_item > self.size - self.pos:
+                self.fail(f"array count {count} does not fit in the file")
+            if itype in _SCALAR_SIZES:
+                self.take(count * _SCALAR_SIZES[itype], "array data")
+            else:
+                for _ in range(count):
+                    self.value(itype, depth + 1)
+        else:
+            self.fail(f"unknown metadata value type {vtype}")
+
+    def run(self) -> None:
+        n_tensors, n_kv = self.u64("tensor count"), self.u64("metadata count")
+        if n_kv * 13 > self.size or n_tensors * 32 > self.size:  # smallest possible entries
+            self.fail(f"tensor count {n_tensors} / metadata count {n_kv} do not fit in the file")
+        alignment = 32
+        for _ in range(n_kv):
+            key = self.string("metadata key", _MAX_NAME)
+            self.where = f"metadata {key.decode('utf-8', 'replace')!r}"
+            vtype = self.u32("value type")
+            if key == b"general.alignment" and vtype == 4:
+                alignment = struct.unpack_from("<I", self.buf, self.pos)[0] if self.pos + 4 <= self.size else 0
+                if alignment == 0 or alignment & (alignment - 1):
+                    self.fail(f"general.alignment {alignment} is not a power of two")
+            self.value(vtype)
+        extents = []
+        for _ in range(n_tensors):
+            self.where = "tensor infos"
+            name = self.string("tensor name", _MAX_NAME)
+            self.where = f"tensor info {name.decode('utf-8', 'replace')!r}"
+            n_dims = self.u32("dimension count")
+            if not 1 <= n_dims <= 4:
+                self.fail(f"{n_dims} dimensions")
+            dims = [self.u64("dimension") for _ in range(n_dims)]
+            if any(not 1 <= d <= _MAX_DIM for d in dims):
+                self.fail(f"dimensions {dims} out of range")
+            ggml_type = self.u32("tensor type")
+            offset = self.u64("data offset")
+            if ggml_type in GGML_TYPES:  # other types are refused later, by name
+                _, block, type_size = GGML_TYPES[ggml_type]
+                extents.append((self.where, offset, int(np.prod(dims, dtype=object)) // block * type_size))
+        data_start = -(-self.pos // alignment) * alignment
+        for where, offset, n in extents:
+            if data_start + offset + n > self.size:
+                self.where = where
+                self.fail(f"data (offset {offset}, {n} bytes) lies beyond the end of the file")
 
 
 _CACHE_MIN_BYTES = 1 << 20  # small files parse fast; don't let them evict a real model
