@@ -188,13 +188,12 @@ def _select(scores, live, do_sample, rng, pad, step):
     return tok
 
 
-def _streamer_put(streamer, value):
-    if streamer is None:
-        return
-    if hasattr(streamer, "put"):
-        streamer.put(value.copy())
-    else:
-        streamer(value.copy())
+def _chosen_logprobs(scores, tok, live):
+    """float32 [B]: log-prob of each chosen token under the processed scores (0 for padding)."""
+    lp = np.zeros(scores.shape[0], dtype=np.float32)
+    rows = np.nonzero(live)[0]
+    lp[rows] = sampling.log_softmax(scores[rows])[np.arange(rows.size), tok[rows]]
+    return lp
 
 
 # ============================================================== generate
@@ -269,18 +268,28 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     criteria = _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop,
                                stopping_criteria, V)
 
+    if streamer is not None and hasattr(streamer, "put"):
+        streamer.put(ids.copy())  # HF streamers receive the prompt first
+    out = _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
+                       streamer, output_scores, output_logprobs)
+    if streamer is not None and hasattr(streamer, "end"):
+        streamer.end()
+    return out if return_dict_in_generate else out.sequences
+
+
+def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
+                 streamer, output_scores, output_logprobs) -> GenerateOutput:
+    """Prefill once, then one token per step through the preallocated cache."""
+    B, T0 = ids.shape
     # Buffers for the whole run: tokens and mask grow to the right, one column per step.
     seqs = np.full((B, T0 + max_new_tokens), pad, dtype=np.int64)  # [B, T0 + max_new]
     seqs[:, :T0] = ids
     full_mask = np.ones((B, T0 + max_new_tokens), dtype=np.int64)
     full_mask[:, :T0] = mask
-    live = np.ones(B, dtype=bool)
+    live = np.ones(B, dtype=bool)  # rows still generating
     reasons: List[Optional[str]] = ["length"] * B if max_new_tokens == 0 else [None] * B
     new_counts = np.zeros(B, dtype=np.int64)
     all_scores, all_logprobs = [], []
-    if streamer is not None and hasattr(streamer, "put"):
-        _streamer_put(streamer, ids)  # HF streamers receive the prompt first
-
     n = 0
     if max_new_tokens > 0:
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -296,13 +305,11 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
             new_counts += live
             n = step + 1
             if output_scores:
-                all_scores.append(np.asarray(scores, dtype=np.float32))
+                all_scores.append(np.array(scores, dtype=np.float32))  # a copy: never a model buffer
             if output_logprobs:
-                lp = np.zeros(B, dtype=np.float32)
-                rows = np.nonzero(live)[0]
-                lp[rows] = sampling.log_softmax(scores[rows])[np.arange(rows.size), tok[rows]]
-                all_logprobs.append(lp)
-            _streamer_put(streamer, tok)
+                all_logprobs.append(_chosen_logprobs(scores, tok, live))
+            if streamer is not None:
+                (streamer.put if hasattr(streamer, "put") else streamer)(tok.copy())
 
             stop, why = criteria(seqs[:, :S + 1], tok, T0)
             for b in np.nonzero(stop & live)[0]:
@@ -310,18 +317,12 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
             live &= ~stop
             if not live.any():
                 break
-            pos = full_mask[:, :S + 1].sum(axis=1, keepdims=True) - 1  # [B, 1]
+            pos = full_mask[:, :S + 1].sum(axis=1, keepdims=True) - 1  # [B, 1] position of the new token
             logits, cache = _forward(model, tok[:, None], full_mask[:, :S + 1], cache, pos, keep_last)
-    if streamer is not None and hasattr(streamer, "end"):
-        streamer.end()
 
-    sequences = seqs[:, :T0 + n]
-    if not return_dict_in_generate:
-        return sequences
-    out = GenerateOutput(
-        sequences=sequences, stop_reasons=list(reasons),
+    return GenerateOutput(
+        sequences=seqs[:, :T0 + n], stop_reasons=list(reasons),
         scores=tuple(all_scores) if output_scores else None,
-        logprobs=(np.stack(all_logprobs, axis=1) if all_logprobs else np.zeros((B, 0), np.float32))
+        logprobs=(np.stack(all_logprobs, axis=1) if n else np.zeros((B, 0), np.float32))
         if output_logprobs else None,
         num_new_tokens=new_counts)
-    return out

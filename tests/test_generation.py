@@ -180,6 +180,29 @@ def test_sampling_only_draws_tokens_the_filters_keep(model):
     assert np.all(out.logprobs > np.log(1e-9))
 
 
+def test_sampled_first_tokens_follow_hfs_warped_distribution(hf_model, model):
+    """4000 copies of one prompt, one sampled token each: a chi-square test against the
+    distribution HF's own processors give (repetition penalty, temperature, top-k, top-p)."""
+    from transformers.generation import logits_process as hf
+
+    prompt = np.array([[8, 41, 3, 3, 19]])
+    with torch.no_grad():
+        raw = hf_model(torch.from_numpy(prompt)).logits[:, -1, :]
+        chain = hf.LogitsProcessorList([hf.RepetitionPenaltyLogitsProcessor(1.5), hf.TemperatureLogitsWarper(0.7),
+                                        hf.TopKLogitsWarper(20), hf.TopPLogitsWarper(0.9)])
+        expected = torch.softmax(chain(torch.from_numpy(prompt), raw), -1)[0].double().numpy()
+    n = 4000
+    out = generate(model, np.repeat(prompt, n, axis=0), max_new_tokens=1, temperature=0.7, top_k=20, top_p=0.9,
+                   repetition_penalty=1.5, seed=5, eos_token_id=[])
+    counts = np.bincount(out[:, -1], minlength=V)
+    support = expected > 0
+    assert counts[~support].sum() == 0 and support.sum() > 3
+    e = expected[support] * n
+    chi2 = float(np.sum((counts[support] - e) ** 2 / e))
+    df = support.sum() - 1
+    assert chi2 < df * (1 - 2 / (9 * df) + 4.265 * np.sqrt(2 / (9 * df))) ** 3, chi2  # 1e-5 tail
+
+
 def test_presence_penalty_and_no_repeat_unigrams_prevent_repeats(model):
     out = generate(model, [1, 2, 3], max_new_tokens=15, temperature=0, presence_penalty=1e4, eos_token_id=[])
     assert len(set(out[0, 3:].tolist())) == 15
@@ -248,15 +271,15 @@ def test_hf_style_streamer_gets_the_prompt_then_tokens_then_end(model):
 
 
 def test_repetition_stop_ends_a_looping_row(model):
-    looping = generate(model, [2, 2, 2], max_new_tokens=30, temperature=0, eos_token_id=[])[0, 3:]
+    prompt = [61, 3, 3, 77]  # this model answers "77 77 77 ..." to it
+    looping = generate(model, prompt, max_new_tokens=30, temperature=0, eos_token_id=[])[0, 4:]
     crit = RepetitionCriteria(max_ngram_size=4, min_repeats=3)
     hits = [k for k in range(1, 31) if crit(looping[None, :k], looping[k - 1:k], 0)[0]]
-    out = generate(model, [2, 2, 2], max_new_tokens=30, temperature=0, eos_token_id=[], repetition_stop=(4, 3),
+    assert hits, looping
+    out = generate(model, prompt, max_new_tokens=30, temperature=0, eos_token_id=[], repetition_stop=(4, 3),
                    return_dict_in_generate=True)
-    if hits:  # the output loops: generation stops right where the criterion first fires
-        assert out.stop_reasons == ["stop"] and out.num_new_tokens[0] == hits[0]
-    else:
-        assert out.stop_reasons == ["length"]
+    assert out.stop_reasons == ["stop"] and out.num_new_tokens[0] == hits[0] < 30
+    np.testing.assert_array_equal(out.sequences[0, 4:], looping[:hits[0]])
     # the criterion itself, on a hand-made loop
     ids = np.array([[9, 1, 2, 3, 1, 2, 3, 1, 2, 3], [9, 1, 2, 3, 1, 2, 3, 4, 2, 3]])
     np.testing.assert_array_equal(crit(ids, ids[:, -1], 1), [True, False])
