@@ -69,7 +69,7 @@ def render_chat_template(template: str, messages: List[Dict[str, Any]], add_gene
     env = _ChatEnvironment(budget)
     try:
         ast = env.parse(template)
-        budget.unit = _guard_ast(ast)
+        _guard_ast(ast, budget)
         compiled = env.from_string(ast)
         pieces, total = [], 0
         for piece in compiled.generate(**variables):
@@ -140,15 +140,16 @@ class _Budget:
     """What one render may spend: steps (loop iterations, calls, filters) and characters.
 
     Buffered output (``{% set %}`` blocks, macros) is built before it can be
-    measured, so characters are charged up front: each loop iteration or call
-    costs ``unit`` characters, the largest literal text of any loop or macro
-    body, and each ``{{ value }}`` costs its length.
+    measured, so characters are charged up front: each loop iteration costs
+    the literal text of that loop's body, each macro call the literal text of
+    the macro, and each ``{{ value }}`` its length.
     """
 
-    def __init__(self, unit: int = 1):
+    def __init__(self):
         self.steps = MAX_STEPS
         self.chars = MAX_OUTPUT_CHARS
-        self.unit = max(1, unit)
+        self.macro_chars: Dict[str, int] = {}  # macro name -> literal text in its body
+        self.max_chars = 1  # the largest body (for recursive loop() calls)
 
     def spend(self, n: int = 1, chars: int = 0) -> None:
         self.steps -= n
@@ -158,8 +159,8 @@ class _Budget:
         if self.chars < 0:
             raise _TooBig(f"the template would produce more than {MAX_OUTPUT_CHARS} characters")
 
-    def iteration(self, n: int = 1) -> None:
-        self.spend(n, n * self.unit)
+    def iteration(self, n: int = 1, chars: int = 1) -> None:
+        self.spend(n, n * chars)
 
     def output(self, value):
         self.spend(0, len(value) if isinstance(value, str) else len(str(_check_size(value))))
@@ -244,37 +245,40 @@ def _is_jinja_internal(a) -> bool:
 
 
 def _guard_iter(budget: _Budget):
-    def guard(iterable):
+    def guard(iterable, body_chars=1):
         if hasattr(iterable, "__len__"):
-            budget.iteration(len(iterable))
+            budget.iteration(len(iterable), body_chars)
             return iterable
-        return _counted(iterable, budget)
+        return _counted(iterable, budget, body_chars)
 
     return guard
 
 
-def _counted(iterable, budget: _Budget):
+def _counted(iterable, budget: _Budget, body_chars: int):
     for item in iterable:
-        budget.iteration()
+        budget.iteration(1, body_chars)
         yield item
 
 
-def _guard_ast(ast) -> int:
-    """Route every ``{% for %}`` iterable and ``~`` concatenation through a guard filter.
-
-    Returns the budget unit: the most literal text any loop or macro body holds.
-    """
+def _guard_ast(ast, budget: _Budget) -> None:
+    """Route every ``{% for %}`` iterable and ``~`` concatenation through a guard filter,
+    and record how much literal text each loop and macro body holds."""
     from jinja2 import nodes
 
-    unit = 1
-    for node in ast.find_all((nodes.For, nodes.Macro, nodes.CallBlock)):
+    def literal_chars(node) -> int:
         bodies = list(node.body) + list(getattr(node, "else_", []))
-        chars = sum(len(d.data) for b in bodies for d in [b, *b.find_all(nodes.TemplateData)]
-                    if isinstance(d, nodes.TemplateData))
-        unit = max(unit, chars)
+        return max(1, sum(len(d.data) for b in bodies for d in b.find_all(nodes.TemplateData)))
 
     for node in ast.find_all(nodes.For):
-        node.iter = nodes.Filter(node.iter, "npllm_loop_guard", [], [], None, None, lineno=node.lineno)
+        chars = literal_chars(node)
+        budget.max_chars = max(budget.max_chars, chars)
+        node.iter = nodes.Filter(node.iter, "npllm_loop_guard", [nodes.Const(chars)], [], None, None,
+                                 lineno=node.lineno)
+    for node in ast.find_all((nodes.Macro, nodes.CallBlock)):
+        name = node.name if isinstance(node, nodes.Macro) else "caller"
+        chars = literal_chars(node)
+        budget.macro_chars[name] = max(budget.macro_chars.get(name, 1), chars)
+        budget.max_chars = max(budget.max_chars, chars)
     for parent in list(ast.find_all(nodes.Node)):
         for field_name in parent.fields:
             child = getattr(parent, field_name, None)
@@ -283,7 +287,6 @@ def _guard_ast(ast) -> int:
             elif isinstance(child, list):
                 setattr(parent, field_name, [
                     _size_guarded(c, nodes) if isinstance(c, nodes.Concat) else c for c in child])
-    return unit
 
 
 def _size_guarded(node, nodes):
@@ -293,6 +296,7 @@ def _size_guarded(node, nodes):
 def _make_environment_class():
     from jinja2 import ext, utils
     from jinja2.exceptions import SecurityError, TemplateError
+    from jinja2.runtime import LoopContext, Macro
     from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
     class _Namespace(utils.Namespace):
@@ -383,7 +387,12 @@ def _make_environment_class():
             return _check_size(self.binop_table[operator](left, right))
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja2's signature
-            __self.budget.iteration()  # a macro, caller() or recursive loop() call may emit a body
+            if isinstance(__obj, Macro):  # a macro or caller() emits its body
+                __self.budget.iteration(1, __self.budget.macro_chars.get(__obj.name, __self.budget.max_chars))
+            elif isinstance(__obj, LoopContext):  # a recursive loop(...) call
+                __self.budget.iteration(1, __self.budget.max_chars)
+            else:
+                __self.budget.spend()
             target = getattr(__obj, "__wrapped__", __obj)  # str.format is pre-wrapped by the sandbox
             owner = getattr(target, "__self__", None)
             name = getattr(target, "__name__", "")

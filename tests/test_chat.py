@@ -83,6 +83,16 @@ def test_long_legitimate_conversation_is_not_refused():
     assert text.count("<|im_start|>") == 2002  # default system + 2000 + generation prompt
 
 
+def test_budget_charges_each_loop_its_own_body():
+    """A long literal in one small loop must not make every iteration of another loop expensive."""
+    template = ("{% macro big() %}" + "M" * 5000 + "{% endmacro %}{{ big() }}"
+                "{% for t in tools %}" + "T" * 5000 + "{% endfor %}"
+                "{% for m in messages %}{{ m.content.strip() | upper }};{% endfor %}")
+    conv = [{"role": "user", "content": f" m{i} "} for i in range(5000)]
+    text = render_chat_template(template, conv, tools=[{"name": "x"}])
+    assert text.endswith("M4999;") and len(text) == 10000 + sum(len(f"M{i};") for i in range(5000))
+
+
 def test_named_templates_from_tokenizer_config():
     templates = [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}]
     assert select_template(templates) == "D" and select_template(templates, "tool_use") == "T"
