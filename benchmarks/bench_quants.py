@@ -1,0 +1,140 @@
+"""Micro-benchmark of the quantized matmul kernels (lesson 07), on the default model's shapes.
+
+SmolLM2-135M: 30 layers of Q4_1 linear weights (q 576x576, k/v 192x576, o 576x576,
+gate/up 1536x576, down 576x1536) and a tied Q8_0 lm_head 49152x576.  Decode reads
+every weight once per token, so the figure of merit is GB/s of weight bytes.
+
+    python benchmarks/bench_quants.py [--threads 2] [--repeat 200] [--json out.json]
+
+Prints, after JIT warm-up, the median (and best) time per call for each shape at
+N = 1 and N = 8 inputs, the effective GB/s, the cost of an empty parallel launch,
+and a whole-token estimate that streams 30 distinct layers (so weights come from
+DRAM as in real decoding, not from cache).  Timings are medians: other processes
+share the cores.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from npllm.io.quants import BLOCK_LAYOUT, Q4_1, Q8_0, QuantizedWeight, type_name  # noqa: E402
+
+D, F, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
+LAYER_SHAPES = [("q", D, D), ("k", KV, D), ("v", KV, D), ("o", D, D), ("gate", F, D), ("up", F, D), ("down", D, F)]
+
+
+def random_weight(rows, cols, ggml_type, rng):
+    """Random blocks with small finite fp16 scales (timing does not depend on the values)."""
+    per_block, block_bytes = BLOCK_LAYOUT[ggml_type]
+    raw = rng.integers(0, 256, (rows, cols // per_block * block_bytes), dtype=np.uint8)
+    blocks = raw.reshape(-1, block_bytes)
+    n_scales = 2 if ggml_type == Q4_1 else 1  # Q4_1: d, m; Q8_0: d
+    blocks[:, : 2 * n_scales] = np.frombuffer(np.float16([0.01, -0.02][:n_scales] * 1).tobytes(), np.uint8)
+    return QuantizedWeight.from_raw(raw, ggml_type, (rows, cols))
+
+
+def timed(fn, repeat):
+    fn()  # warm-up (JIT compile on first use)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(np.min(times))
+
+
+def bench_shapes(repeat, rng):
+    rows = []
+    shapes = LAYER_SHAPES + [("qkv (fused)", D + 2 * KV, D), ("gate+up (fused)", 2 * F, D)]
+    for name, r, c in shapes + [("lm_head", VOCAB, D)]:
+        t = Q8_0 if name == "lm_head" else Q4_1
+        w = random_weight(r, c, t, rng)
+        for n in (1, 8):
+            x = rng.standard_normal((n, c)).astype(np.float32)
+            out = np.empty((n, r), np.float32)
+            med, best = timed(lambda: w.matmul(x, out=out), repeat if r < 10000 else max(10, repeat // 10))
+            rows.append(dict(name=name, type=type_name(t), shape=[r, c], n=n, us_median=med * 1e6,
+                             us_best=best * 1e6, gbs_median=w.nbytes / med / 1e9))
+            print(f"{name:16s} {type_name(t)} {r:5d}x{c:<5d} N={n}  {med * 1e6:8.1f} us (best {best * 1e6:7.1f})"
+                  f"  {w.nbytes / med / 1e9:6.2f} GB/s")
+    return rows
+
+
+def bench_launch(repeat, rng):
+    w = random_weight(8, 32, Q4_1, rng)
+    x = np.ones((1, 32), np.float32)
+    out = np.empty((1, 8), np.float32)
+    med, best = timed(lambda: w.matmul(x, out=out), repeat * 10)
+    from npllm.io.quant_kernels import MATVEC1, _run
+
+    planes = w._planes
+    med_raw, _ = timed(lambda: _run(MATVEC1, Q4_1, planes[0], planes[1], planes[2], x, out, 0, 2), repeat * 10)
+    print(f"tiny 8x32 matmul (launch + Python overhead): {med * 1e6:.1f} us; raw kernel call: {med_raw * 1e6:.1f} us")
+    return dict(us_matmul_tiny=med * 1e6, us_kernel_call_tiny=med_raw * 1e6)
+
+
+def bench_token(repeat, rng, fused):
+    """All 30 layers (distinct weights, ~66 MB) + lm_head (~30 MB), as decode would run them."""
+    layers = []
+    for _ in range(LAYERS):
+        ws = {name: random_weight(r, c, Q4_1, rng) for name, r, c in LAYER_SHAPES}
+        if fused:
+            ws = {"qkv": QuantizedWeight.concat_rows([ws["q"], ws["k"], ws["v"]]), "o": ws["o"],
+                  "gate_up": QuantizedWeight.concat_rows([ws["gate"], ws["up"]]), "down": ws["down"]}
+        layers.append(ws)
+    lm_head = random_weight(VOCAB, D, Q8_0, rng)
+    total = sum(w.nbytes for ws in layers for w in ws.values()) + lm_head.nbytes
+    result = {}
+    for n in (1, 8):
+        xs = {c: rng.standard_normal((n, c)).astype(np.float32) for c in (D, F)}
+        outs = {}
+        for ws in layers[:1]:
+            for w in list(ws.values()) + [lm_head]:
+                outs[w.shape[0]] = np.empty((n, w.shape[0]), np.float32)
+
+        def token():
+            for ws in layers:
+                for w in ws.values():
+                    w.matmul(xs[w.shape[1]], out=outs[w.shape[0]])
+            lm_head.matmul(xs[D], out=outs[VOCAB])
+
+        med, best = timed(token, max(5, repeat // 20))
+        calls = sum(len(ws) for ws in layers) + 1
+        print(f"token ({'fused qkv, gate+up' if fused else 'separate weights'}, {calls} calls, "
+              f"{total / 1e6:.0f} MB) N={n}: {med * 1e3:.2f} ms (best {best * 1e3:.2f})  "
+              f"{total / med / 1e9:.1f} GB/s  -> {n / med:.0f} tok/s from matmuls alone")
+        result[f"n{n}"] = dict(ms_median=med * 1e3, ms_best=best * 1e3, gbs=total / med / 1e9, calls=calls)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
+    ap.add_argument("--repeat", type=int, default=200)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--skip-token", action="store_true", help="skip the 96 MB whole-token estimate")
+    args = ap.parse_args()
+    import numba
+
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    print(f"numba threads: {numba.get_num_threads()}, threading layer: {numba.config.THREADING_LAYER}")
+    rng = np.random.default_rng(0)
+    report = {"threads": numba.get_num_threads(), "shapes": bench_shapes(args.repeat, rng),
+              "launch": bench_launch(args.repeat, rng)}
+    if not args.skip_token:
+        report["token"] = bench_token(args.repeat, rng, fused=False)
+        report["token_fused"] = bench_token(args.repeat, rng, fused=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
