@@ -272,9 +272,12 @@ class IncrementalDecoder:
     Decoding a single id is not enough: a character can span several byte
     tokens (an emoji is 4 bytes), and some decoders drop the leading space of
     the first token they see.  So we decode a small window of recent ids twice
-    (with and without the newest id) and emit the difference, and we wait while
-    the text ends in an incomplete UTF-8 sequence (U+FFFD).  The pieces
-    concatenate to exactly ``tokenizer.decode(all_ids)``.
+    (with and without the newest ids) and emit the difference, and we wait
+    while the text ends in an incomplete UTF-8 sequence (U+FFFD).
+    SentencePiece byte-fallback tokens (``<0xE4>``) are decoded as one run, and
+    a later byte can turn the whole run into U+FFFDs, so we also wait while the
+    newest token is such a byte.  The pieces concatenate to exactly
+    ``tokenizer.decode(all_ids)``.
     """
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False):
@@ -283,13 +286,24 @@ class IncrementalDecoder:
         self.ids: List[int] = []
         self._prefix = 0  # window start: text before it is final
         self._read = 0  # ids before this were emitted
+        self._in_byte_run = False
+        self._special = {i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special}
 
     def _text(self, start: int, end: Optional[int] = None) -> str:
         return self.tokenizer.backend.decode(self.ids[start:end], skip_special_tokens=self.skip_special_tokens)
 
+    def _is_byte_token(self, token_id: int) -> bool:
+        t = self.tokenizer.backend.id_to_token(token_id)
+        return t is not None and len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+
     def push(self, token_id: int) -> str:
         """Add one id; return the new text that is now certain ('' if none yet)."""
-        self.ids.extend(self.tokenizer._check_ids([token_id]))
+        (token_id,) = self.tokenizer._check_ids([token_id])
+        self.ids.append(token_id)
+        if not (self.skip_special_tokens and token_id in self._special):  # skipped ids are invisible
+            self._in_byte_run = self._is_byte_token(token_id)
+        if self._in_byte_run:
+            return ""
         before = self._text(self._prefix, self._read)
         text = self._text(self._prefix)
         if len(text) > len(before) and not text.endswith("\ufffd"):
@@ -302,6 +316,7 @@ class IncrementalDecoder:
         before = self._text(self._prefix, self._read)
         text = self._text(self._prefix)
         self._prefix = self._read = len(self.ids)
+        self._in_byte_run = False
         return text[len(before):]
 
 

@@ -239,3 +239,35 @@ def test_no_template_is_a_clear_error(tmp_path):
     t = Tokenizer.from_gguf(str(p))
     with pytest.raises(ChatTemplateError, match="no chat template"):
         t.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+@pytest.fixture(scope="module")
+def metaspace_tok():
+    """A small SentencePiece-style (Metaspace, byte fallback) BPE: its decoder drops the leading
+    space of the first token, which naive per-token streaming gets wrong."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    backend = Backend(models.BPE(unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback(), decoders.Fuse()])
+    alphabet = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"] + alphabet)
+    backend.train_from_iterator(["the cat sat on the mat", "hello world, hello there", "a b c d e f g"] * 20,
+                                trainer)
+    return Tokenizer(backend, bos_token="<s>", eos_token="</s>")
+
+
+@given(st.lists(st.integers(0, 399), min_size=1, max_size=30), st.booleans())
+def test_streaming_keeps_spaces_with_a_metaspace_decoder(metaspace_tok, ids, skip):
+    ids = [i for i in ids if i < metaspace_tok.vocab_size] or [3]
+    dec = metaspace_tok.stream_decoder(skip_special_tokens=skip)
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == metaspace_tok.decode(ids, skip_special_tokens=skip)
+
+
+def test_metaspace_streaming_of_real_text(metaspace_tok):
+    text = "hello world, the cat sat 🎉 there"
+    ids = metaspace_tok.encode(text)
+    dec = metaspace_tok.stream_decoder()
+    assert "".join([dec.push(i) for i in ids] + [dec.flush()]) == metaspace_tok.decode(ids) == text
