@@ -97,20 +97,20 @@ _MODEL = {}
 def default_model():
     """``npllm.load("smollm2-135m-instruct")`` once per process -> (model, tokenizer), or None.
 
-    None only while ``npllm/loading.py`` has not landed; any other error propagates.
+    None only while a part of npllm that loading needs has not landed yet (a
+    missing ``npllm.*`` module); any other error propagates.
     """
     if "pair" not in _MODEL:
-        try:
-            import npllm.loading  # noqa: F401
-        except ModuleNotFoundError as e:
-            if e.name not in ("npllm.loading",):
-                raise
-            todo("npllm.load (npllm/loading.py) has not landed yet; skipping the real-model part")
-            _MODEL["pair"] = None
-            return None
         import npllm
         t0 = time.perf_counter()
-        _MODEL["pair"] = npllm.load(DEFAULT_MODEL)
+        try:
+            _MODEL["pair"] = npllm.load(DEFAULT_MODEL)
+        except ModuleNotFoundError as e:
+            if not (e.name or "").startswith("npllm"):
+                raise
+            todo(f"npllm.load needs {e.name}, which has not landed yet; skipping the real-model part")
+            _MODEL["pair"] = None
+            return None
         print(f"(loaded {DEFAULT_MODEL} in {time.perf_counter() - t0:.1f} s)")
     return _MODEL["pair"]
 

@@ -322,7 +322,7 @@ def next_token_distribution(model, tok, prompt):
 
 def exercise3_diversity(model, tok, prompt, quick):
     heading("[exercise 3b] sampling diversity on the real model: distinct-n and entropy")
-    n_rows, n_new = (3, 8) if quick else (6, 40)
+    n_rows, n_new = (2, 6) if quick else (6, 40)
     grid = ([(0.7, 1.0), (1.2, 0.9)] if quick else
             [(t, p) for t in (0.3, 0.7, 1.0, 1.5) for p in (1.0, 0.9)])
     eos = set(model.config.eos_token_ids)
@@ -358,7 +358,7 @@ def exercise4_greedy_vs_sampling(model, tok, prompt, quick):
     if not have_module("generation"):
         todo("npllm/generation.py has not landed yet: CausalLM.generate is not available")
         return
-    n_new = 12 if quick else 48
+    n_new = 8 if quick else 48
     eos = model.config.eos_token_ids
     runs = [("greedy (temperature=0)", dict(temperature=0.0)),
             ("greedy again", dict(temperature=0.0))]
@@ -377,12 +377,37 @@ def exercise4_greedy_vs_sampling(model, tok, prompt, quick):
 
 
 # ============================================================== exercise 5
+LOOP_PROMPT = "I like cats. I like dogs. I like cats. I like dogs."
+
+
 def exercise5_repetition_stop(model, tok, quick):
-    heading("[exercise 5] early stop when the output starts looping (npllm/stopping.py)")
-    if not (have_module("stopping") and have_module("generation")):
-        todo("npllm/stopping.py / npllm/generation.py have not landed yet")
-        return
-    todo("exercise 5 waits for the repetition stopping criterion's API")
+    heading("[exercise 5] early stop when the output starts looping (npllm/stopping.py RepetitionCriteria)")
+    from npllm.stopping import RepetitionCriteria
+
+    crit = RepetitionCriteria(max_ngram_size=4, min_repeats=3)
+    rows = np.array([[7, 1, 2, 3, 1, 2, 3, 1, 2, 3],      # "a b c" three times
+                     [7, 7, 7, 4, 5, 6, 9, 9, 9, 9],      # "x" four times
+                     [7, 1, 2, 3, 4, 5, 6, 1, 2, 3]])     # no loop at the end
+    print(f"{crit!r} on hand-made rows (prompt_length=1):")
+    for row, fired in zip(rows, crit(rows, rows[:, -1], 1)):
+        print(f"   generated {row[1:].tolist()} -> stop: {bool(fired)}")
+
+    ids = np.asarray([tok.encode(LOOP_PROMPT)], dtype=np.int64)
+    n_new = 26 if quick else 60
+    P = ids.shape[1]
+    print(f"raw-text prompt {LOOP_PROMPT!r} ({P} tokens), greedy, max_new_tokens={n_new}")
+    runs = [("no repetition stop", None), ("RepetitionCriteria(4, 3)", RepetitionCriteria(4, 3)),
+            ("RepetitionCriteria(8, 3)", RepetitionCriteria(8, 3))]
+    rows = []
+    for name, criterion in runs:
+        out = model.generate(ids, max_new_tokens=n_new, temperature=0.0, repetition_stop=criterion,
+                             return_dict_in_generate=True)
+        new = out.sequences[0, P:].tolist()
+        print(f"--- {name}: {tok.decode(new)!r}")
+        rows.append((name, out.stop_reasons[0], int(out.num_new_tokens[0])))
+    table(["stopping", "stop reason", "new tokens"], rows)
+    words = [tok.decode([t]) for t in out.sequences[0, P:].tolist()]
+    print(f"the tokens of the last run: {words}")
 
 
 def main(quick: bool = False) -> None:
