@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, ModelNotFoundError
 from .model import CausalLM
 from .models import resolve_model
 from .tokenizer import Tokenizer
@@ -35,7 +35,11 @@ def _progress(items, total: int, desc: str, enabled: bool):
 def load_model(source: Optional[str] = None, dtype=np.float32, dequantize: bool = False,
                progress: bool = False) -> CausalLM:
     """A ``CausalLM`` with weights from an alias, a ``.gguf`` file or an HF directory."""
-    path = resolve_model(source)
+    return _load_model(resolve_model(source), dtype, dequantize, progress)[0]
+
+
+def _load_model(path: str, dtype, dequantize: bool, progress: bool):
+    """(model, checkpoint) — the checkpoint lets ``load`` build the tokenizer without re-reading."""
     if os.path.isdir(path):
         from .io.safetensors import read_hf_directory
 
@@ -64,13 +68,23 @@ def load_model(source: Optional[str] = None, dtype=np.float32, dequantize: bool 
     model = CausalLM(config, dtype=dtype, init=False)
     model.load_state_dict(tensors)
     model.source = path
-    return model
+    return model, ckpt
 
 
 def load(source: Optional[str] = None, dtype=np.float32, dequantize: bool = False,
          progress: bool = False) -> Tuple[CausalLM, Tokenizer]:
-    """``(model, tokenizer)`` for an alias (default ``"smollm2-135m-instruct"``), a GGUF or an HF directory."""
+    """``(model, tokenizer)`` for an alias (default ``"smollm2-135m-instruct"``), a GGUF or an HF directory.
+
+    An HF directory without tokenizer files (e.g. a bare ``save_pretrained`` model)
+    gives ``tokenizer=None``.
+    """
     path = resolve_model(source)
-    model = load_model(path, dtype=dtype, dequantize=dequantize, progress=progress)
-    tokenizer = Tokenizer.from_pretrained(path)
+    model, ckpt = _load_model(path, dtype, dequantize, progress)
+    if os.path.isdir(path):
+        try:
+            tokenizer = Tokenizer.from_hf_directory(path)
+        except ModelNotFoundError:
+            tokenizer = None
+    else:
+        tokenizer = Tokenizer.from_gguf(ckpt)
     return model, tokenizer

@@ -5,6 +5,7 @@ import pytest
 import torch
 import transformers
 
+import npllm
 from npllm import CausalLM, ModelConfig
 
 ARCHS = {
@@ -76,3 +77,19 @@ def test_hf_incremental_cache_matches_npllm_static_cache():
     for t in range(4, 7):
         steps.append(ours.forward(ids[:, t:t + 1], past_key_values=cache, use_cache=True)[0])
     assert np.abs(np.concatenate(steps, 1) - np.concatenate(hf_steps, 1)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("shard", [None, "30KB"], ids=["single", "sharded"])
+def test_save_pretrained_directory_loads_with_from_pretrained(tmp_path, arch, shard):
+    model = hf_model(arch, tie=(arch == "qwen2"), seed=4)
+    model.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
+    assert (tmp_path / "model.safetensors.index.json").exists() == bool(shard)
+    ours = CausalLM.from_pretrained(str(tmp_path))
+    ids = np.random.default_rng(3).integers(0, 101, size=(2, 8))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(ids)).logits.numpy()
+    logits, _ = ours.forward(ids)
+    assert np.abs(logits - expected).max() <= 1e-4
+    model2, tok = npllm.load(str(tmp_path))      # no tokenizer files in a bare save_pretrained
+    assert tok is None and model2.config == ours.config
