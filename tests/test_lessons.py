@@ -32,6 +32,7 @@ NAME_RE = re.compile(r"\s*(?:的|中的|里的|:|：)?\s*`([A-Za-z_][\w.]*)(?:\(
 SEP_RE = re.compile(r"\s*(?:、|，|,|和|与|以及|/)\s*")
 DOTTED_RE = re.compile(r"`(npllm(?:\.[A-Za-z_]\w*)+)(?:\([^`]*\))?`")
 FENCE_RE = re.compile(r"```.*?```", re.S)
+TEST_NAME_RE = re.compile(r"`(test_\w+)`")
 
 
 def read(name):
@@ -119,6 +120,20 @@ def test_every_dotted_npllm_name_resolves(doc):
         except (ImportError, AttributeError) as e:
             bad.append(f"{dotted} ({type(e).__name__}: {e})")
     assert not bad, f"{doc} names npllm objects that do not exist: {bad}"
+
+
+def all_test_names():
+    names = set()
+    for f in (ROOT / "tests").glob("test_*.py"):
+        names |= defined_names(f"tests/{f.name}")
+    return names
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_cited_test_function_exists(doc):
+    known = all_test_names()
+    missing = sorted(set(TEST_NAME_RE.findall(read(doc))) - known)
+    assert not missing, f"{doc} cites tests that do not exist: {missing}"
 
 
 def test_the_citation_parser_finds_lists_and_methods():
