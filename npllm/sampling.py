@@ -175,22 +175,38 @@ def _top_p_ref(x: np.ndarray, top_p: float, min_tokens_to_keep: int) -> np.ndarr
 @njit
 def _top_p_kernel(x, top_p, min_tokens_to_keep, drop):
     # x: [B, V] float64, drop: [B, V] bool (zeroed); same rule as _top_p_ref.
-    # A serial loop: decode batches are small, and a parallel launch costs more
-    # than sorting a few rows.
+    # Sorting all of V (49k tokens) costs milliseconds per step, so first grow a
+    # cut-off t while every token below it, all together, still weighs <= 1 - p:
+    # those tokens would be dropped anyway.  Only the tokens at or above t are
+    # sorted.  A serial loop: decode batches are small.
     B, V = x.shape
     for b in range(B):
-        order = np.argsort(-x[b], kind="mergesort")  # stable: lower id first on ties
-        top = x[b, order[0]]
+        top = np.max(x[b])
         if top == -np.inf:
             continue
-        probs = np.empty(V)
-        total = 0.0
-        for j in range(V):
-            probs[j] = math.exp(x[b, order[j]] - top)
-            total += probs[j]
-        tail = 0.0  # mass from rank j down to the least likely token
-        for j in range(V - 1, min_tokens_to_keep - 1, -1):
-            tail += probs[j] / total
+        probs = np.exp(x[b] - top)  # [V]
+        probs /= np.sum(probs)
+        t, below = 0.0, 0.0  # cut-off, mass under it
+        trial = (1.0 - top_p) / V
+        while trial < 1.0:
+            mass = 0.0
+            for i in range(V):
+                if probs[i] < trial:
+                    mass += probs[i]
+            if mass > 1.0 - top_p:
+                break
+            t, below, trial = trial, mass, trial * 2.0
+        ids = np.flatnonzero((probs >= t) & (x[b] > -np.inf))
+        if ids.size < min_tokens_to_keep:  # too few left to honour the minimum: sort them all
+            t, below = 0.0, 0.0
+            ids = np.flatnonzero(x[b] > -np.inf)
+        for i in range(V):
+            if probs[i] < t:
+                drop[b, i] = True
+        order = ids[np.argsort(-x[b, ids], kind="mergesort")]  # stable: lower id first on ties
+        tail = below  # mass from rank j down to the least likely token
+        for j in range(order.size - 1, min_tokens_to_keep - 1, -1):
+            tail += probs[order[j]]
             if tail > 1.0 - top_p:
                 break
             drop[b, order[j]] = True
@@ -353,16 +369,19 @@ def sample(logits, rng: np.random.Generator) -> np.ndarray:
     x, was_1d = _as_logits(logits)
     if np.isnan(x).any():
         raise GenerationParameterError("logits contain NaN; cannot sample")
-    cdf = np.cumsum(softmax(x), axis=-1)  # [B, V]
-    dead = ~(np.max(x, axis=-1) > -np.inf)
+    finite = x > -np.inf  # [B, V]
+    dead = ~finite.any(axis=-1)
     if dead.any():
         raise GenerationParameterError(f"logits rows {np.nonzero(dead)[0].tolist()} are all -inf; cannot sample")
+    # After top-k / top-p only a few columns are alive: work on those alone.
+    cols = np.flatnonzero(finite.any(axis=0))  # [C] token ids some row can draw
+    cdf = np.cumsum(softmax(x[:, cols]), axis=-1)  # [B, C]
     u = rng.random(x.shape[0]) * cdf[:, -1]  # [B] one uniform draw per row
-    idx = np.sum(cdf <= u[:, None], axis=-1)  # [B] first token whose CDF exceeds u
+    idx = np.sum(cdf <= u[:, None], axis=-1)  # [B] first column whose CDF exceeds u
     # Guard against u landing on the very top of the CDF through rounding: take
-    # the last token with non-zero probability instead of stepping past the end.
-    last = x.shape[-1] - 1 - np.argmax((x > -np.inf)[:, ::-1], axis=-1)
-    return _finish(np.minimum(idx, last), was_1d)
+    # the last drawable column instead of stepping past the end.
+    last = cols.size - 1 - np.argmax(finite[:, cols][:, ::-1], axis=-1)
+    return _finish(cols[np.minimum(idx, last)].astype(np.int64), was_1d)
 
 
 # ============================================================== processors

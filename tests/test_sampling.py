@@ -295,7 +295,11 @@ def test_top_p_kernel_agrees_with_the_numpy_reference():
     x[:1000] = rng.integers(-3, 4, (1000, 57))  # many ties
     x[rng.random(x.shape) < 0.1] = -np.inf
     x[:, 0] = 1.0
-    for p, m in [(0.1, 1), (0.5, 1), (0.9, 3), (0.99, 1)]:
+    big = rng.normal(0, 3, (6, 49152)).astype(np.float32)  # a real vocabulary: the pruned path
+    big[3] = np.round(big[3])  # ties
+    big[4, ::2] = -np.inf
+    for x, p, m in [(x, 0.1, 1), (x, 0.5, 1), (x, 0.9, 3), (x, 0.99, 1),
+                    (big, 0.5, 1), (big, 0.9, 1), (big, 0.999, 1), (big, 0.5, 200)]:
         fast = sampling.top_p_filter(x, p, m)
         try:
             _jit.use_reference(True)
