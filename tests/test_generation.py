@@ -363,3 +363,11 @@ def test_generate_output_is_a_dataclass_with_sequences(model):
     out = generate(model, [1, 2], max_new_tokens=3, temperature=0, eos_token_id=[], return_dict_in_generate=True)
     assert isinstance(out, GenerateOutput) and out.sequences.dtype == np.int64
     assert out.scores is None and out.logprobs is None and out.stop_reasons == ["length"]
+
+
+def test_plain_function_criteria_and_bad_criterion_output(model):
+    out = generate(model, [[1, 2], [3, 4]], max_new_tokens=5, temperature=0, eos_token_id=[],
+                   stopping_criteria=lambda ids, new, T0: ids.shape[1] - T0 >= 3, return_dict_in_generate=True)
+    assert out.stop_reasons == ["stop", "stop"] and out.sequences.shape == (2, 5)
+    with pytest.raises(GenerationParameterError, match="stopping criterion"):
+        generate(model, [[1, 2], [3, 4]], max_new_tokens=5, stopping_criteria=lambda ids, new, T0: [True] * 3)
