@@ -204,7 +204,7 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
              no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, seed=None, stopping_criteria=None,
              stop_token_sequences=None, repetition_stop=None, streamer=None,
              return_dict_in_generate: bool = False, output_scores: bool = False,
-             output_logprobs: bool = False, logits_processor=None):
+             output_logprobs: bool = False, logits_processor=None, truncate_prompt: bool = False):
     """Autoregressive generation with a KV cache.
 
     input_ids:        int [B, T0] (or [T0]), left-padded when rows differ in length
@@ -225,6 +225,10 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     streamer:         callable ``f(new_ids [B])`` per step, or an HF-style object:
                       ``put(prompt [B, T0])`` once, ``put(new_ids [B])`` per step, ``end()``
     logits_processor: extra processors ``(input_ids, scores) -> scores`` run after the built-in ones
+    truncate_prompt:  a prompt longer than ``max_position_embeddings`` raises an error naming both
+                      lengths, unless True: then only its last tokens are kept (room is left for
+                      ``max_new_tokens`` when possible).  Generation never runs past that limit:
+                      ``max_new_tokens`` is capped and such rows stop with reason "length".
 
     Returns int64 [B, T0 + n], or a ``GenerateOutput`` when return_dict_in_generate.
     """
@@ -236,6 +240,16 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     B, T0 = ids.shape
     mask = _as_mask(attention_mask, ids.shape)
     max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, Integral) and T0 > limit:
+        if not truncate_prompt:
+            raise GenerationParameterError(
+                f"the prompt has {T0} tokens, more than max_position_embeddings={limit}; shorten it "
+                "or pass truncate_prompt=True to keep only its last tokens")
+        keep = max(1, limit - max_new_tokens)
+        ids, mask, T0 = ids[:, -keep:], mask[:, -keep:], keep
+    if isinstance(limit, Integral):
+        max_new_tokens = min(max_new_tokens, limit - T0)
     temperature = _check_float("temperature", temperature, 0.0, INF, high_open=True)
     top_k = _check_int("top_k", top_k, 0)
     top_p = _check_float("top_p", top_p, 0.0, 1.0, low_open=True)

@@ -371,3 +371,23 @@ def test_plain_function_criteria_and_bad_criterion_output(model):
     assert out.stop_reasons == ["stop", "stop"] and out.sequences.shape == (2, 5)
     with pytest.raises(GenerationParameterError, match="stopping criterion"):
         generate(model, [[1, 2], [3, 4]], max_new_tokens=5, stopping_criteria=lambda ids, new, T0: [True] * 3)
+
+
+def test_prompt_longer_than_max_positions_names_both_lengths_or_truncates():
+    from npllm import CausalLM, ModelConfig
+    from npllm.errors import GenerationParameterError
+
+    config = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16)
+    model = CausalLM(config, seed=0)
+    ids = np.arange(20)[None] % 50
+    with pytest.raises(GenerationParameterError, match=r"20 tokens.*max_position_embeddings=16"):
+        model.generate(ids, max_new_tokens=4, temperature=0)
+    out = model.generate(ids, max_new_tokens=4, temperature=0, truncate_prompt=True,
+                         return_dict_in_generate=True, eos_token_id=[])
+    assert out.sequences.shape == (1, 16)
+    assert out.sequences[0, :12].tolist() == ids[0, -12:].tolist()
+    # Near the limit, generation stops at max_position_embeddings with reason "length".
+    out = model.generate(ids[:, :14], max_new_tokens=10, temperature=0, return_dict_in_generate=True,
+                         eos_token_id=[])
+    assert out.sequences.shape == (1, 16) and out.stop_reasons == ["length"]
