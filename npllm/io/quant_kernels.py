@@ -1,32 +1,34 @@
 """Lesson 07 — Numba kernels that multiply by GGUF-quantized weights without unpacking them.
 
-Decode streams every weight once per token, so its speed is set by how many bytes
-are read and how few instructions turn them into fp32 products.  The kernels here
-read the quantized blocks directly, dequantize 8 values at a time in registers,
-and accumulate ``w·x`` in fp32.  ``npllm.io.quants`` holds the readable NumPy
-references (``dequantize_ref``) that every kernel is tested against.
+Decoding one token reads every weight once, so its speed is set by how many bytes
+are read and how few instructions turn them into fp32 products.  These kernels read
+the quantized blocks directly, dequantize 8 values at a time in registers, and
+accumulate ``w * x`` in fp32.  ``npllm.io.quants.dequantize_ref`` is the readable
+NumPy reference every kernel is tested against.
 
-Why a tiny SIMD vocabulary?  LLVM's auto-vectoriser does not find the right loop
-in "for each block: 16 bytes -> 32 nibbles -> dot with x": it vectorises across
-blocks (gathers) or keeps per-block scalar reductions.  So the kernels spell the
-8-lane operations out with ``vload``, ``vfma``, ``vlo4`` ... (defined below as
-Numba intrinsics that emit LLVM ``<8 x float>`` code; on AVX2 one op is one
-instruction).  The loops stay plain Python loops; only the innermost 32 values
-are written as four 8-lane steps.
+Three habits make them fast, and each is a lesson in how Numba compiles:
 
-Memory layout (``QuantizedWeight`` repacks at load, same bytes as the file):
-the 32-element block types (Q8_0, Q4_0, Q4_1, Q5_0) are split into "planes" —
-``q`` the packed quants of a row, ``s1`` the row's fp16 scales ``d``, ``s2`` the
-row's fp16 mins ``m`` (Q4_1) or 32-bit high-bit masks ``qh`` (Q5_0) — so a row's
-scales are contiguous (converted to fp32 in one vectorised pass) and the quants
-are 16-byte aligned.  K-quants (Q4_K, Q6_K) and F32/F16/BF16 stay in GGUF's own
-row layout (``q`` = the raw row, ``s1``/``s2`` empty).  Every plane is a 2-D
-C-contiguous uint8 array, so one compiled driver serves all types.
+1. **An 8-lane vocabulary.**  LLVM's auto-vectoriser does not find the right loop in
+   "for each block: 16 bytes -> 32 nibbles -> dot with x" (it vectorises across
+   blocks with gathers).  So the kernels spell out 8-lane steps with ``vload``,
+   ``vfma``, ``vlo4``...: Numba intrinsics that emit LLVM ``<8 x float>`` code, one
+   AVX2 instruction each.  Loops stay ordinary Python loops.
+2. **Addresses, not arrays, below the driver.**  Passing a NumPy array to a helper
+   costs reference counting (atomic increments) and a dozen call arguments; on a
+   576-wide row that costs as much as the arithmetic.  ``_run`` takes each array's
+   address once (``addr``); the helpers receive plain integers.
+3. **One parallel driver.**  ``prange`` splits the rows into a few chunks per
+   thread.  A parallel function takes seconds to compile, so there is one (cached on
+   disk) for every type and operation.
 
-Drivers (``kind`` is the GGML type id; rows are split into chunks run by ``prange``):
-  _matvec1(kind, q, s1, s2, x [D], out [R])           fused dequant+dot, N = 1
-  _matvecN(kind, q, s1, s2, x [N,D], out [N,R])       dequant a row once, N dots
-  _dequant_rows(kind, q, s1, s2, r0, r1, out [r1-r0, D])  for prefill tiles / lookups
+Weight layout (``QuantizedWeight`` repacks at load; same bytes as the file): the
+32-value block types (Q8_0, Q4_0, Q4_1, Q5_0) are split into three byte "planes" per
+row — ``q`` the quants, ``s1`` the fp16 scales d, ``s2`` the fp16 mins m (Q4_1) or the
+32-bit high-bit masks qh (Q5_0).  A row's scales are then contiguous (converted to
+fp32 in one vectorised pass) and its quants 16-byte aligned.  K-quants and
+F32/F16/BF16 keep GGUF's row layout in ``q``.  A plane is passed as ``(address, row
+stride in bytes)``; ``pl = (q, q_stride, s1, s1_stride, s2, s2_stride)``.
+
 Shape legend: R output rows (out features), D columns (in features), N inputs.
 """
 
@@ -41,7 +43,9 @@ from .._jit import njit, njit_parallel, prange
 F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 14, 30
 
 # ---------------------------------------------------------------------------
-# An 8-lane float32 vector type and the few operations the kernels need
+# The vocabulary: an 8-lane float32 vector type and the operations the kernels use.
+# `p` arguments are addresses (int64); float loads/stores count in floats, byte
+# loads count in bytes.
 # ---------------------------------------------------------------------------
 
 
@@ -53,7 +57,7 @@ class _F32x8Type(types.Type):
 f32x8 = _F32x8Type()
 _V8F = ir.VectorType(ir.FloatType(), 8)
 _V8I = ir.VectorType(ir.IntType(32), 8)
-_I32 = ir.IntType(32)
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _FAST = ("fast",)
 
 
@@ -63,22 +67,32 @@ class _F32x8Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _V8F)
 
 
-def _ptr(context, builder, arrty, arr, offset, elem):
-    """Address of element ``offset`` (counted in ``elem`` units) of a contiguous array."""
-    data = context.make_array(arrty)(context, builder, arr).data
-    return builder.gep(data, [offset], inbounds=True, source_etype=elem)
-
-
-def _bytes8(context, builder, sig, args):
-    """8 bytes at byte offset args[1] of uint8 array args[0], widened to <8 x i32>."""
-    p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
-    b = builder.load(p, align=1, typ=ir.VectorType(ir.IntType(8), 8))
-    return b
+def _at(builder, p, offset, elem):
+    """Pointer to element `offset` (in units of `elem`) after address p."""
+    base = builder.inttoptr(p, elem.as_pointer())
+    return builder.gep(base, [offset], inbounds=True)
 
 
 def _splat_i32(builder, value):
     v = builder.insert_element(ir.Constant(_V8I, ir.Undefined), value, ir.Constant(_I32, 0))
     return builder.shuffle_vector(v, v, ir.Constant(_V8I, [0] * 8))
+
+
+def _load_bytes8(builder, p, off):
+    """8 bytes at address p + off, zero-extended to <8 x i32>."""
+    b = builder.load(_at(builder, p, off, _I8), align=1, typ=ir.VectorType(_I8, 8))
+    return builder.zext(b, _V8I)
+
+
+@intrinsic
+def addr(typingctx, arr):
+    """The address of a contiguous array's first element (the array must outlive its use)."""
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, _I64)
+
+    return types.int64(arr), codegen
 
 
 @intrinsic
@@ -100,26 +114,47 @@ def vsplat(typingctx, s):
 
 
 @intrinsic
-def vload(typingctx, arr, i):
-    """float32 arr[i : i + 8]"""
+def vload(typingctx, p, i):
+    """float32 p[i : i + 8]"""
 
     def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.FloatType())
-        return builder.load(p, align=4, typ=_V8F)
+        return builder.load(_at(builder, args[0], args[1], ir.FloatType()), align=4, typ=_V8F)
 
-    return f32x8(arr, i), codegen
+    return f32x8(p, i), codegen
 
 
 @intrinsic
-def vstore(typingctx, arr, i, v):
-    """float32 arr[i : i + 8] = v"""
+def vstore(typingctx, p, i, v):
+    """float32 p[i : i + 8] = v"""
 
     def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.FloatType())
-        builder.store(args[2], builder.bitcast(p, _V8F.as_pointer()), align=4)
+        ptr = builder.bitcast(_at(builder, args[0], args[1], ir.FloatType()), _V8F.as_pointer())
+        builder.store(args[2], ptr, align=4)
         return context.get_dummy_value()
 
-    return types.none(arr, i, f32x8), codegen
+    return types.none(p, i, f32x8), codegen
+
+
+@intrinsic
+def fload(typingctx, p, i):
+    """float32 p[i] (a scalar)"""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_at(builder, args[0], args[1], ir.FloatType()), align=4)
+
+    return types.float32(p, i), codegen
+
+
+@intrinsic
+def fstore(typingctx, p, i, s):
+    """float32 p[i] = s"""
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], types.float32)
+        builder.store(v, _at(builder, args[0], args[1], ir.FloatType()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(p, i, s), codegen
 
 
 def _binop(name):
@@ -138,7 +173,7 @@ vmul = _binop("fmul")  # a * b
 
 @intrinsic
 def vfma(typingctx, a, b, c):
-    """a * b + c  (fused by LLVM into one FMA instruction)"""
+    """a * b + c  (one fused multiply-add instruction)"""
 
     def codegen(context, builder, sig, args):
         return builder.fadd(builder.fmul(args[0], args[1], flags=_FAST), args[2], flags=_FAST)
@@ -164,462 +199,548 @@ def vsum(typingctx, a):
 
 
 def _bytes_op(kind):
-    """Loaders: 8 bytes at a byte offset of a uint8 array -> 8 float lanes."""
-
-    def op(typingctx, arr, off):
+    def op(typingctx, p, off):
         def codegen(context, builder, sig, args):
-            b = _bytes8(context, builder, sig, args)
             if kind == "i8":  # signed bytes (Q8_0 quants)
+                b = builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=ir.VectorType(_I8, 8))
                 return builder.sitofp(builder.sext(b, _V8I), _V8F)
-            w = builder.zext(b, _V8I)  # widen first: 32-bit lanes need no re-masking after a shift
+            w = _load_bytes8(builder, args[0], args[1])  # widened first: no re-masking after a shift
             if kind == "lo4":
                 w = builder.and_(w, ir.Constant(_V8I, [15] * 8))
             elif kind == "hi4":
                 w = builder.lshr(w, ir.Constant(_V8I, [4] * 8))
             return builder.uitofp(w, _V8F)
 
-        return f32x8(arr, off), codegen
+        return f32x8(p, off), codegen
 
     return intrinsic(op)
 
 
-vlo4 = _bytes_op("lo4")  # float(b & 15) for 8 bytes b
+vlo4 = _bytes_op("lo4")  # float(b & 15) for the 8 bytes b at p + off
 vhi4 = _bytes_op("hi4")  # float(b >> 4)
 vi8 = _bytes_op("i8")  # float(int8(b))
 
 
 @intrinsic
-def vbits(typingctx, arr, off, first):
-    """float((u32 >> (first + i)) & 1) for lanes i = 0..7; u32 = little-endian uint32 at byte offset off."""
+def vbits(typingctx, p, off, first):
+    """float((u >> (first + i)) & 1) for lanes i = 0..7; u = the little-endian uint32 at p + off."""
 
     def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
-        word = _splat_i32(builder, builder.load(p, align=1, typ=_I32))
-        first = builder.trunc(args[2], _I32)
-        shifts = builder.add(_splat_i32(builder, first), ir.Constant(_V8I, list(range(8))))
+        word = _splat_i32(builder, builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=_I32))
+        shifts = builder.add(_splat_i32(builder, builder.trunc(args[2], _I32)), ir.Constant(_V8I, list(range(8))))
         bits = builder.and_(builder.lshr(word, shifts), ir.Constant(_V8I, [1] * 8))
         return builder.uitofp(bits, _V8F)
 
-    return f32x8(arr, off, first), codegen
+    return f32x8(p, off, first), codegen
 
 
 @intrinsic
-def vq6(typingctx, arr, lo_off, lo_shift, hi_off, hi_shift):
-    """Q6_K values minus 32: float(((lo >> lo_shift) & 15 | ((hi >> hi_shift) & 3) << 4) - 32)
-    for 8 bytes lo at byte offset lo_off and 8 bytes hi at hi_off."""
+def vq6(typingctx, p, lo_off, lo_shift, hi_off, hi_shift):
+    """Q6_K values minus 32, for the 8 bytes lo at p + lo_off and hi at p + hi_off:
+    float(((lo >> lo_shift) & 15 | ((hi >> hi_shift) & 3) << 4) - 32)"""
 
     def codegen(context, builder, sig, args):
-        arr, lo_off, lo_shift, hi_off, hi_shift = args
-        lo = builder.zext(_bytes8(context, builder, sig, (arr, lo_off)), _V8I)
-        hi = builder.zext(_bytes8(context, builder, sig, (arr, hi_off)), _V8I)
-        lo = builder.and_(builder.lshr(lo, _splat_i32(builder, builder.trunc(lo_shift, _I32))),
-                          ir.Constant(_V8I, [15] * 8))
-        hi = builder.and_(builder.lshr(hi, _splat_i32(builder, builder.trunc(hi_shift, _I32))),
-                          ir.Constant(_V8I, [3] * 8))
+        p, lo_off, lo_shift, hi_off, hi_shift = args
+        lo = builder.lshr(_load_bytes8(builder, p, lo_off), _splat_i32(builder, builder.trunc(lo_shift, _I32)))
+        hi = builder.lshr(_load_bytes8(builder, p, hi_off), _splat_i32(builder, builder.trunc(hi_shift, _I32)))
+        lo = builder.and_(lo, ir.Constant(_V8I, [15] * 8))
+        hi = builder.and_(hi, ir.Constant(_V8I, [3] * 8))
         q = builder.or_(lo, builder.shl(hi, ir.Constant(_V8I, [4] * 8)))
-        q = builder.sub(q, ir.Constant(_V8I, [32] * 8))
-        return builder.sitofp(q, _V8F)
+        return builder.sitofp(builder.sub(q, ir.Constant(_V8I, [32] * 8)), _V8F)
 
-    return f32x8(arr, lo_off, lo_shift, hi_off, hi_shift), codegen
+    return f32x8(p, lo_off, lo_shift, hi_off, hi_shift), codegen
 
 
 @intrinsic
-def vf16(typingctx, arr, off):
-    """8 IEEE halves at byte offset off -> 8 float lanes (one vcvtph2ps)."""
+def vf16(typingctx, p, off):
+    """8 IEEE halves at p + off -> 8 float lanes (one vcvtph2ps)."""
 
     def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
-        h = builder.load(p, align=1, typ=ir.VectorType(ir.HalfType(), 8))
+        h = builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=ir.VectorType(ir.HalfType(), 8))
         return builder.fpext(h, _V8F)
 
-    return f32x8(arr, off), codegen
+    return f32x8(p, off), codegen
 
 
 @intrinsic
-def vbf16(typingctx, arr, off):
-    """8 bfloat16 at byte offset off -> 8 float lanes (bf16 is the top half of an fp32)."""
+def vbf16(typingctx, p, off):
+    """8 bfloat16 at p + off -> 8 float lanes (a bf16 is the top half of an fp32)."""
 
     def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
-        h = builder.load(p, align=1, typ=ir.VectorType(ir.IntType(16), 8))
-        w = builder.shl(builder.zext(h, _V8I), ir.Constant(_V8I, [16] * 8))
-        return builder.bitcast(w, _V8F)
+        h = builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=ir.VectorType(_I16, 8))
+        return builder.bitcast(builder.shl(builder.zext(h, _V8I), ir.Constant(_V8I, [16] * 8)), _V8F)
 
-    return f32x8(arr, off), codegen
+    return f32x8(p, off), codegen
 
 
 @intrinsic
-def f16(typingctx, arr, off):
-    """The IEEE half at byte offset off of a uint8 array, as float32."""
+def vf32(typingctx, p, off):
+    """8 float32 at byte offset off (F32 rows are stored as bytes)."""
 
     def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
-        return builder.fpext(builder.load(p, align=1, typ=ir.HalfType()), ir.FloatType())
+        return builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=_V8F)
 
-    return types.float32(arr, off), codegen
+    return f32x8(p, off), codegen
 
 
-@intrinsic
-def bf16(typingctx, arr, off):
-    """The bfloat16 at byte offset off of a uint8 array, as float32."""
+def _scalar_op(kind):
+    def op(typingctx, p, off):
+        def codegen(context, builder, sig, args):
+            ptr = _at(builder, args[0], args[1], _I8)
+            if kind == "u8":
+                return builder.zext(builder.load(ptr, align=1, typ=_I8), _I64)
+            if kind == "i8":
+                return builder.sext(builder.load(ptr, align=1, typ=_I8), _I64)
+            if kind == "f16":
+                return builder.fpext(builder.load(ptr, align=1, typ=ir.HalfType()), ir.FloatType())
+            if kind == "bf16":
+                w = builder.zext(builder.load(ptr, align=1, typ=_I16), _I32)
+                return builder.bitcast(builder.shl(w, ir.Constant(_I32, 16)), ir.FloatType())
+            return builder.load(ptr, align=1, typ=ir.FloatType())  # f32
 
-    def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
-        w = builder.zext(builder.load(p, align=1, typ=ir.IntType(16)), _I32)
-        return builder.bitcast(builder.shl(w, ir.Constant(_I32, 16)), ir.FloatType())
+        restype = types.int64 if kind in ("u8", "i8") else types.float32
+        return restype(p, off), codegen
 
-    return types.float32(arr, off), codegen
+    return intrinsic(op)
+
+
+u8 = _scalar_op("u8")  # the byte at p + off as an int 0..255
+i8 = _scalar_op("i8")  # ... as a signed int -128..127
+f16 = _scalar_op("f16")  # the IEEE half at p + off as float32
+bf16 = _scalar_op("bf16")  # the bfloat16 at p + off as float32
+f32 = _scalar_op("f32")  # the float32 at byte offset off
 
 
 # ---------------------------------------------------------------------------
-# Per-row helpers.  `dot_*` returns sum_j w[r, j] * x[j]; `deq_*` writes w[r, :] to buf.
-# xs[b] is the sum of x over block b (32 values; for Q6_K not used).
-# dt is a scratch of >= D/32 floats for the row's scales.
+# Row dot products, N = 1.  `_dot_<type>(pl, r0, r1, xp, xsp, dtp, outp)` sets
+# out[r] = sum_j W[r, j] * x[j] for r0 <= r < r1 (each function loops over its rows
+# itself).  xsp -> xs[b] = sum of x over block b of 32 values; dtp -> scratch floats.
 # ---------------------------------------------------------------------------
 
 
 @njit
-def _scales(srow, dt, nb):
-    # fp16 plane row -> fp32 (LLVM turns this loop into vcvtph2ps)
+def _scales(p, dtp, nb):
+    # nb fp16 scales at p -> fp32 at dtp (LLVM turns this loop into vcvtph2ps)
     for b in range(nb):
-        dt[b] = f16(srow, 2 * b)
+        fstore(dtp, b, f16(p, 2 * b))
 
 
 @njit
-def _dot_q8_0(q, s1, r, x, dt):
-    # q[r]: 32 int8 per block; s1[r]: fp16 d per block.  w = d * q
-    nb = s1.shape[1] // 2
-    _scales(s1[r], dt, nb)
-    qr = q[r]
-    acc = vzero()
-    for b in range(nb):
-        o = 32 * b
-        s = vmul(vi8(qr, o), vload(x, o))
-        s = vfma(vi8(qr, o + 8), vload(x, o + 8), s)
-        s = vfma(vi8(qr, o + 16), vload(x, o + 16), s)
-        s = vfma(vi8(qr, o + 24), vload(x, o + 24), s)
-        acc = vfma(vsplat(dt[b]), s, acc)
-    return vsum(acc)
+def _nibble_dot(p, xp, j):
+    # sum_i q_i x[j + i] over one block: the 16 bytes at p hold q_i (low nibble) and q_{i+16} (high)
+    s = vmul(vlo4(p, 0), vload(xp, j))
+    s = vfma(vlo4(p, 8), vload(xp, j + 8), s)
+    s = vfma(vhi4(p, 0), vload(xp, j + 16), s)
+    return vfma(vhi4(p, 8), vload(xp, j + 24), s)
 
 
 @njit
-def _nibble_dot(qr, b, x):
-    # sum_i q_i x_i over block b: bytes 16b..16b+15 hold values i (low nibble) and i+16 (high)
-    o = 16 * b
-    xo = 32 * b
-    s = vmul(vlo4(qr, o), vload(x, xo))
-    s = vfma(vlo4(qr, o + 8), vload(x, xo + 8), s)
-    s = vfma(vhi4(qr, o), vload(x, xo + 16), s)
-    return vfma(vhi4(qr, o + 8), vload(x, xo + 24), s)
+def _dot_q8_0(pl, r0, r1, xp, dtp, outp):
+    # block: d (fp16, plane s1) and 32 int8 q (plane q).   w = d * q
+    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
+    nb = dn // 2
+    for r in range(r0, r1):
+        _scales(dp + r * dn, dtp, nb)
+        p = qp + r * qn
+        acc = vzero()
+        for b in range(nb):
+            o = 32 * b
+            s = vmul(vi8(p, o), vload(xp, o))
+            s = vfma(vi8(p, o + 8), vload(xp, o + 8), s)
+            s = vfma(vi8(p, o + 16), vload(xp, o + 16), s)
+            s = vfma(vi8(p, o + 24), vload(xp, o + 24), s)
+            acc = vfma(vsplat(fload(dtp, b)), s, acc)
+        fstore(outp, r, vsum(acc))
 
 
 @njit
-def _dot_q4_0(q, s1, r, x, xs, dt):
-    # w = d * (q - 8)  =>  sum w x = sum_b d_b * (sum q x - 8 * xs_b)
-    nb = s1.shape[1] // 2
-    _scales(s1[r], dt, nb)
-    corr = np.float32(0.0)
-    for b in range(nb):
-        corr += dt[b] * xs[b]
-    qr = q[r]
-    acc = vzero()
-    for b in range(nb):
-        acc = vfma(vsplat(dt[b]), _nibble_dot(qr, b, x), acc)
-    return vsum(acc) - np.float32(8.0) * corr
+def _dot_q4_0(pl, r0, r1, xp, xsp, dtp, outp):
+    # block: d, 16 bytes of nibbles.  w = d * (q - 8)  =>  sum_b d_b * (sum q x - 8 * xs_b)
+    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
+    nb = dn // 2
+    for r in range(r0, r1):
+        _scales(dp + r * dn, dtp, nb)
+        corr = np.float32(0.0)
+        for b in range(nb):
+            corr += fload(dtp, b) * fload(xsp, b)
+        p = qp + r * qn
+        acc = vzero()
+        for b in range(nb):
+            acc = vfma(vsplat(fload(dtp, b)), _nibble_dot(p + 16 * b, xp, 32 * b), acc)
+        fstore(outp, r, vsum(acc) - np.float32(8.0) * corr)
 
 
 @njit
-def _dot_q4_1(q, s1, s2, r, x, xs, dt):
-    # w = d * q + m  =>  sum w x = sum_b d_b * (sum q x) + m_b * xs_b
-    nb = s1.shape[1] // 2
-    srow = s2[r]
-    mx = np.float32(0.0)
-    for b in range(nb):
-        mx += f16(srow, 2 * b) * xs[b]
-    _scales(s1[r], dt, nb)
-    qr = q[r]
-    acc = vzero()
-    for b in range(nb):
-        acc = vfma(vsplat(dt[b]), _nibble_dot(qr, b, x), acc)
-    return vsum(acc) + mx
+def _dot_q4_1(pl, r0, r1, xp, xsp, dtp, outp):
+    # block: d, m, 16 bytes of nibbles.  w = d * q + m  =>  sum_b d_b * (sum q x) + m_b * xs_b
+    qp, qn, dp, dn, mp, mn = pl
+    nb = dn // 2
+    for r in range(r0, r1):
+        _scales(mp + r * mn, dtp, nb)
+        mx = np.float32(0.0)
+        for b in range(nb):
+            mx += fload(dtp, b) * fload(xsp, b)
+        _scales(dp + r * dn, dtp, nb)
+        p = qp + r * qn
+        acc = vzero()
+        for b in range(nb):
+            acc = vfma(vsplat(fload(dtp, b)), _nibble_dot(p + 16 * b, xp, 32 * b), acc)
+        fstore(outp, r, vsum(acc) + mx)
 
 
 @njit
-def _dot_q5_0(q, s1, s2, r, x, xs, dt):
-    # w = d * (q4 + 16 * hbit - 16)  =>  sum_b d_b * (sum q4 x + 16 sum hbit x - 16 xs_b)
-    nb = s1.shape[1] // 2
-    _scales(s1[r], dt, nb)
-    corr = np.float32(0.0)
-    for b in range(nb):
-        corr += dt[b] * xs[b]
-    qr = q[r]
-    hr = s2[r]
+def _dot_q5_0(pl, r0, r1, xp, xsp, dtp, outp):
+    # block: d, qh (bit i = 5th bit of value i), 16 bytes of nibbles.  w = d * (q4 + 16 hbit - 16)
+    # =>  sum_b d_b * (sum q4 x + 16 sum hbit x - 16 xs_b)
+    qp, qn, dp, dn, hp, hn = pl
+    nb = dn // 2
     sixteen = vsplat(np.float32(16.0))
-    acc = vzero()
-    for b in range(nb):
-        xo = 32 * b
-        h = vmul(vbits(hr, 4 * b, 0), vload(x, xo))
-        h = vfma(vbits(hr, 4 * b, 8), vload(x, xo + 8), h)
-        h = vfma(vbits(hr, 4 * b, 16), vload(x, xo + 16), h)
-        h = vfma(vbits(hr, 4 * b, 24), vload(x, xo + 24), h)
-        s = vfma(sixteen, h, _nibble_dot(qr, b, x))
-        acc = vfma(vsplat(dt[b]), s, acc)
-    return vsum(acc) - np.float32(16.0) * corr
+    for r in range(r0, r1):
+        _scales(dp + r * dn, dtp, nb)
+        corr = np.float32(0.0)
+        for b in range(nb):
+            corr += fload(dtp, b) * fload(xsp, b)
+        p = qp + r * qn
+        h = hp + r * hn
+        acc = vzero()
+        for b in range(nb):
+            j = 32 * b
+            hx = vmul(vbits(h, 4 * b, 0), vload(xp, j))
+            hx = vfma(vbits(h, 4 * b, 8), vload(xp, j + 8), hx)
+            hx = vfma(vbits(h, 4 * b, 16), vload(xp, j + 16), hx)
+            hx = vfma(vbits(h, 4 * b, 24), vload(xp, j + 24), hx)
+            s = vfma(sixteen, hx, _nibble_dot(p + 16 * b, xp, j))
+            acc = vfma(vsplat(fload(dtp, b)), s, acc)
+        fstore(outp, r, vsum(acc) - np.float32(16.0) * corr)
 
 
 @njit
-def _k4_scale_min(qr, o, j):
-    # the 6-bit (scale, min) pair j of the Q4_K super-block at byte offset o (12 packed bytes at o+4)
-    s = o + 4
+def _k4_scale_min(p, j):
+    # the 6-bit (scale, min) pair j of a Q4_K super-block at p (12 packed bytes at p + 4):
+    # bytes 0-3: scale 0-3, bytes 4-7: min 0-3 (low 6 bits); bytes 8-11: low 4 bits of scale 4-7
+    # and min 4-7; the top 2 bits of bytes 0-3 / 4-7 are the high bits of scale / min 4-7
+    s = p + 4
     if j < 4:
-        return qr[s + j] & 63, qr[s + j + 4] & 63
-    sc = (qr[s + j + 4] & 15) | ((qr[s + j - 4] >> 6) << 4)
-    mn = (qr[s + j + 4] >> 4) | ((qr[s + j] >> 6) << 4)
+        return u8(s, j) & 63, u8(s, j + 4) & 63
+    sc = (u8(s, j + 4) & 15) | ((u8(s, j - 4) >> 6) << 4)
+    mn = (u8(s, j + 4) >> 4) | ((u8(s, j) >> 6) << 4)
     return sc, mn
 
 
 @njit
-def _dot_q4_k(q, r, x, xs):
-    # super-block (144 B): d, dmin, 12 B scales, 128 B quants; sub-block j of 32 values:
+def _dot_q4_k(pl, r0, r1, xp, xsp, outp):
+    # super-block (144 B, 256 values): d, dmin, 12 B of scales, 128 B of nibbles; sub-block j of 32:
     # w = d * sc_j * q - dmin * mn_j; bytes 32g..32g+31 hold sub-blocks 2g (low) and 2g+1 (high)
-    qr = q[r]
-    nsb = qr.shape[0] // 144
-    acc = vzero()
-    mins = np.float32(0.0)
-    for sb in range(nsb):
-        o = 144 * sb
-        d = f16(qr, o)
-        dmin = f16(qr, o + 2)
-        for j in range(8):
-            sc, mn = _k4_scale_min(qr, o, j)
-            qo = o + 16 + 32 * (j // 2)
-            xo = 256 * sb + 32 * j
-            if j % 2 == 0:
-                s = vmul(vlo4(qr, qo), vload(x, xo))
-                s = vfma(vlo4(qr, qo + 8), vload(x, xo + 8), s)
-                s = vfma(vlo4(qr, qo + 16), vload(x, xo + 16), s)
-                s = vfma(vlo4(qr, qo + 24), vload(x, xo + 24), s)
-            else:
-                s = vmul(vhi4(qr, qo), vload(x, xo))
-                s = vfma(vhi4(qr, qo + 8), vload(x, xo + 8), s)
-                s = vfma(vhi4(qr, qo + 16), vload(x, xo + 16), s)
-                s = vfma(vhi4(qr, qo + 24), vload(x, xo + 24), s)
-            acc = vfma(vsplat(d * np.float32(sc)), s, acc)
-            mins += dmin * np.float32(mn) * xs[8 * sb + j]
-    return vsum(acc) - mins
+    qp, qn = pl[0], pl[1]
+    for r in range(r0, r1):
+        acc = vzero()
+        mins = np.float32(0.0)
+        for sb in range(qn // 144):
+            p = qp + r * qn + 144 * sb
+            d = f16(p, 0)
+            dmin = f16(p, 2)
+            for j in range(8):
+                sc, mn = _k4_scale_min(p, j)
+                g = p + 16 + 32 * (j // 2)
+                e = 256 * sb + 32 * j
+                if j % 2 == 0:
+                    s = vmul(vlo4(g, 0), vload(xp, e))
+                    s = vfma(vlo4(g, 8), vload(xp, e + 8), s)
+                    s = vfma(vlo4(g, 16), vload(xp, e + 16), s)
+                    s = vfma(vlo4(g, 24), vload(xp, e + 24), s)
+                else:
+                    s = vmul(vhi4(g, 0), vload(xp, e))
+                    s = vfma(vhi4(g, 8), vload(xp, e + 8), s)
+                    s = vfma(vhi4(g, 16), vload(xp, e + 16), s)
+                    s = vfma(vhi4(g, 24), vload(xp, e + 24), s)
+                acc = vfma(vsplat(d * np.float32(sc)), s, acc)
+                mins += dmin * np.float32(mn) * fload(xsp, 8 * sb + j)
+        fstore(outp, r, vsum(acc) - mins)
 
 
 @njit
-def _dot_q6_k(q, r, x):
-    # super-block (210 B): ql 128 B, qh 64 B, 16 int8 scales, fp16 d; value = d * sc[e // 16] * (q6 - 32)
-    # half h (128 values): ql[64h + l] low/high nibbles -> values l / l + 64, ql[64h + 32 + l] -> l + 32 / l + 96,
-    # qh[32h + l] bits 0-1, 2-3, 4-5, 6-7 -> the high 2 bits of values l, l + 32, l + 64, l + 96
-    qr = q[r]
-    nsb = qr.shape[0] // 210
-    acc = vzero()
-    for sb in range(nsb):
-        o = 210 * sb
-        d = f16(qr, o + 208)
-        for h in range(2):
-            for l in range(0, 32, 8):
-                a = o + 64 * h + l
-                c = o + 128 + 32 * h + l
-                e = 256 * sb + 128 * h + l
-                si = o + 192 + 8 * h + l // 16
-                for k in range(4):  # value groups l, l + 32, l + 64, l + 96
-                    sc = np.float32(np.int8(qr[si + 2 * k]))
-                    w = vq6(qr, a + 32 * (k % 2), 4 * (k // 2), c, 2 * k)
-                    acc = vfma(vsplat(d * sc), vmul(w, vload(x, e + 32 * k)), acc)
-    return vsum(acc)
+def _dot_q6_k(pl, r0, r1, xp, outp):
+    # super-block (210 B, 256 values): ql 128 B, qh 64 B, 16 int8 scales, fp16 d.
+    # value e = d * sc[e // 16] * (q6 - 32).  In half h: ql[64h + l] low/high nibbles -> values
+    # l / l + 64, ql[64h + 32 + l] -> l + 32 / l + 96; qh[32h + l] bits 0-1, 2-3, 4-5, 6-7 are the
+    # high 2 bits of values l, l + 32, l + 64, l + 96 (all relative to 128h)
+    qp, qn = pl[0], pl[1]
+    for r in range(r0, r1):
+        acc = vzero()
+        for sb in range(qn // 210):
+            p = qp + r * qn + 210 * sb
+            d = f16(p, 208)
+            for h in range(2):
+                for l in range(0, 32, 8):
+                    e = 256 * sb + 128 * h + l
+                    for k in range(4):  # value groups l, l + 32, l + 64, l + 96
+                        sc = np.float32(i8(p, 192 + 8 * h + l // 16 + 2 * k))
+                        w = vq6(p, 64 * h + l + 32 * (k % 2), 4 * (k // 2), 128 + 32 * h + l, 2 * k)
+                        acc = vfma(vsplat(d * sc), vmul(w, vload(xp, e + 32 * k)), acc)
+        fstore(outp, r, vsum(acc))
 
 
 @njit
-def _dense_vec(kind, qr, j):
-    # 8 values j..j+7 of a F32 / F16 / BF16 row (raw bytes)
+def _dense_vec(kind, p, j):
+    # values j..j+7 of a F32 / F16 / BF16 row at p
     if kind == F32:
-        return vload(qr.view(np.float32), j)
+        return vf32(p, 4 * j)
     if kind == F16:
-        return vf16(qr, 2 * j)
-    return vbf16(qr, 2 * j)
+        return vf16(p, 2 * j)
+    return vbf16(p, 2 * j)
 
 
 @njit
-def _dense_at(kind, qr, j):
-    # value j of a F32 / F16 / BF16 row
+def _dense_at(kind, p, j):
+    # value j of a F32 / F16 / BF16 row at p
     if kind == F32:
-        return qr.view(np.float32)[j]
+        return f32(p, 4 * j)
     if kind == F16:
-        return f16(qr, 2 * j)
-    return bf16(qr, 2 * j)
+        return f16(p, 2 * j)
+    return bf16(p, 2 * j)
 
 
 @njit
-def _dot_dense(kind, q, r, x):
-    qr = q[r]
-    cols = x.shape[0]
+def _dot_dense(kind, pl, r0, r1, xp, cols, outp):
+    qp, qn = pl[0], pl[1]
     main = cols - cols % 16
-    acc0 = vzero()
-    acc1 = vzero()
-    for j in range(0, main, 16):
-        acc0 = vfma(_dense_vec(kind, qr, j), vload(x, j), acc0)
-        acc1 = vfma(_dense_vec(kind, qr, j + 8), vload(x, j + 8), acc1)
-    s = vsum(vadd(acc0, acc1))
-    for j in range(main, cols):
-        s += _dense_at(kind, qr, j) * x[j]
+    for r in range(r0, r1):
+        p = qp + r * qn
+        acc0 = vzero()
+        acc1 = vzero()
+        for j in range(0, main, 16):
+            acc0 = vfma(_dense_vec(kind, p, j), vload(xp, j), acc0)
+            acc1 = vfma(_dense_vec(kind, p, j + 8), vload(xp, j + 8), acc1)
+        s = vsum(vadd(acc0, acc1))
+        for j in range(main, cols):
+            s += _dense_at(kind, p, j) * fload(xp, j)
+        fstore(outp, r, s)
+
+
+@njit
+def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
+    # Arrays are passed down to here, one call per chunk: holding them as arguments keeps them
+    # alive while their addresses are in use (Numba frees an array right after its last use).
+    xp, xsp, dtp, outp, cols = addr(x), addr(xs), addr(dt), addr(out), x.shape[1]
+    if kind == Q4_1:
+        _dot_q4_1(pl, r0, r1, xp, xsp, dtp, outp)
+    elif kind == Q8_0:
+        _dot_q8_0(pl, r0, r1, xp, dtp, outp)
+    elif kind == Q4_0:
+        _dot_q4_0(pl, r0, r1, xp, xsp, dtp, outp)
+    elif kind == Q5_0:
+        _dot_q5_0(pl, r0, r1, xp, xsp, dtp, outp)
+    elif kind == Q4_K:
+        _dot_q4_k(pl, r0, r1, xp, xsp, outp)
+    elif kind == Q6_K:
+        _dot_q6_k(pl, r0, r1, xp, outp)
+    else:
+        _dot_dense(kind, pl, r0, r1, xp, cols, outp)
+
+
+# ---------------------------------------------------------------------------
+# Dequantization of a row (prefill tiles, embedding lookups, and N > 1 decode)
+# ---------------------------------------------------------------------------
+
+
+@njit
+def _deq_nibbles(p, d, m, op):
+    # one block of 16 nibble bytes at p -> op[0:32] = d * q + m
+    vd = vsplat(d)
+    vm = vsplat(m)
+    vstore(op, 0, vfma(vd, vlo4(p, 0), vm))
+    vstore(op, 8, vfma(vd, vlo4(p, 8), vm))
+    vstore(op, 16, vfma(vd, vhi4(p, 0), vm))
+    vstore(op, 24, vfma(vd, vhi4(p, 8), vm))
+
+
+@njit
+def _deq_row(kind, pl, r, op, cols, dtp, mtp):
+    """W[r, :cols] -> float32 op[0 : cols].  dtp, mtp: scratch of >= cols / 32 floats."""
+    qp, qn, s1p, s1n, s2p, s2n = pl
+    p = qp + r * qn
+    nb = cols // 32
+    if kind == Q8_0 or kind == Q4_0 or kind == Q4_1 or kind == Q5_0:
+        _scales(s1p + r * s1n, dtp, nb)
+        if kind == Q4_1:
+            _scales(s2p + r * s2n, mtp, nb)
+        for b in range(nb):
+            d = fload(dtp, b)
+            ob = op + 128 * b  # 32 floats per block
+            if kind == Q8_0:
+                vd = vsplat(d)
+                for k in range(4):
+                    vstore(ob, 8 * k, vmul(vd, vi8(p + 32 * b, 8 * k)))
+            elif kind == Q4_0:
+                _deq_nibbles(p + 16 * b, d, np.float32(-8.0) * d, ob)
+            elif kind == Q4_1:
+                _deq_nibbles(p + 16 * b, d, fload(mtp, b), ob)
+            else:  # Q5_0: d * (q4 - 16) + 16 d * hbit
+                _deq_nibbles(p + 16 * b, d, np.float32(-16.0) * d, ob)
+                vd16 = vsplat(np.float32(16.0) * d)
+                h = s2p + r * s2n + 4 * b
+                for k in range(4):
+                    vstore(ob, 8 * k, vfma(vd16, vbits(h, 0, 8 * k), vload(ob, 8 * k)))
+    elif kind == Q4_K:
+        for sb in range(nb // 8):
+            ps = p + 144 * sb
+            d = f16(ps, 0)
+            dmin = f16(ps, 2)
+            for j in range(8):
+                sc, mn = _k4_scale_min(ps, j)
+                vd = vsplat(d * np.float32(sc))
+                vm = vsplat(-dmin * np.float32(mn))
+                g = ps + 16 + 32 * (j // 2)
+                oj = op + 4 * (256 * sb + 32 * j)
+                for k in range(4):
+                    v = vlo4(g, 8 * k) if j % 2 == 0 else vhi4(g, 8 * k)
+                    vstore(oj, 8 * k, vfma(vd, v, vm))
+    elif kind == Q6_K:
+        for sb in range(nb // 8):
+            ps = p + 210 * sb
+            d = f16(ps, 208)
+            for h in range(2):
+                for l in range(0, 32, 8):
+                    e = 256 * sb + 128 * h + l
+                    for k in range(4):
+                        sc = np.float32(i8(ps, 192 + 8 * h + l // 16 + 2 * k))
+                        w = vq6(ps, 64 * h + l + 32 * (k % 2), 4 * (k // 2), 128 + 32 * h + l, 2 * k)
+                        vstore(op, e + 32 * k, vmul(vsplat(d * sc), w))
+    else:
+        main = cols - cols % 8
+        for j in range(0, main, 8):
+            vstore(op, j, _dense_vec(kind, p, j))
+        for j in range(main, cols):
+            fstore(op, j, _dense_at(kind, p, j))
+
+
+# ---------------------------------------------------------------------------
+# N > 1: a dequantized row (fp32 at wp) dotted with several inputs at once, so each
+# weight vector is loaded once and used up to 8 times (the accumulators stay in registers).
+# ---------------------------------------------------------------------------
+
+
+@njit
+def _tail(wp, xp, start, cols):
+    # sum(w[j] * x[j] for start <= j < cols): the last < 8 values of a dense row
+    s = np.float32(0.0)
+    for j in range(start, cols):
+        s += fload(wp, j) * fload(xp, j)
     return s
 
 
 @njit
-def _dot_row(kind, q, s1, s2, r, x, xs, dt):
-    if kind == Q4_1:
-        return _dot_q4_1(q, s1, s2, r, x, xs, dt)
-    if kind == Q8_0:
-        return _dot_q8_0(q, s1, r, x, dt)
-    if kind == Q4_0:
-        return _dot_q4_0(q, s1, r, x, xs, dt)
-    if kind == Q5_0:
-        return _dot_q5_0(q, s1, s2, r, x, xs, dt)
-    if kind == Q4_K:
-        return _dot_q4_k(q, r, x, xs)
-    if kind == Q6_K:
-        return _dot_q6_k(q, r, x)
-    return _dot_dense(kind, q, r, x)
+def _dot_inputs8(wp, xp, cols, outp, ostride):
+    # out[n * ostride] = w . x[n] for n < 8 (x[n] at xp + 4 * n * cols)
+    main = cols - cols % 8
+    a0 = vzero()
+    a1 = vzero()
+    a2 = vzero()
+    a3 = vzero()
+    a4 = vzero()
+    a5 = vzero()
+    a6 = vzero()
+    a7 = vzero()
+    for j in range(0, main, 8):
+        w = vload(wp, j)
+        a0 = vfma(w, vload(xp, j), a0)
+        a1 = vfma(w, vload(xp, j + cols), a1)
+        a2 = vfma(w, vload(xp, j + 2 * cols), a2)
+        a3 = vfma(w, vload(xp, j + 3 * cols), a3)
+        a4 = vfma(w, vload(xp, j + 4 * cols), a4)
+        a5 = vfma(w, vload(xp, j + 5 * cols), a5)
+        a6 = vfma(w, vload(xp, j + 6 * cols), a6)
+        a7 = vfma(w, vload(xp, j + 7 * cols), a7)
+    fstore(outp, 0, vsum(a0) + _tail(wp, xp, main, cols))
+    fstore(outp, ostride, vsum(a1) + _tail(wp, xp + 4 * cols, main, cols))
+    fstore(outp, 2 * ostride, vsum(a2) + _tail(wp, xp + 8 * cols, main, cols))
+    fstore(outp, 3 * ostride, vsum(a3) + _tail(wp, xp + 12 * cols, main, cols))
+    fstore(outp, 4 * ostride, vsum(a4) + _tail(wp, xp + 16 * cols, main, cols))
+    fstore(outp, 5 * ostride, vsum(a5) + _tail(wp, xp + 20 * cols, main, cols))
+    fstore(outp, 6 * ostride, vsum(a6) + _tail(wp, xp + 24 * cols, main, cols))
+    fstore(outp, 7 * ostride, vsum(a7) + _tail(wp, xp + 28 * cols, main, cols))
 
 
 @njit
-def _deq_nibbles(qr, b, d, m, buf):
-    # block b of 16 nibble bytes -> buf[32b : 32b + 32] = d * q + m
-    o = 16 * b
-    xo = 32 * b
-    vd = vsplat(d)
-    vm = vsplat(m)
-    vstore(buf, xo, vfma(vd, vlo4(qr, o), vm))
-    vstore(buf, xo + 8, vfma(vd, vlo4(qr, o + 8), vm))
-    vstore(buf, xo + 16, vfma(vd, vhi4(qr, o), vm))
-    vstore(buf, xo + 24, vfma(vd, vhi4(qr, o + 8), vm))
+def _dot_inputs1(wp, xp, cols, outp):
+    # out[0] = w . x (two accumulators)
+    main = cols - cols % 16
+    a0 = vzero()
+    a1 = vzero()
+    for j in range(0, main, 16):
+        a0 = vfma(vload(wp, j), vload(xp, j), a0)
+        a1 = vfma(vload(wp, j + 8), vload(xp, j + 8), a1)
+    fstore(outp, 0, vsum(vadd(a0, a1)) + _tail(wp, xp, main, cols))
 
 
 @njit
-def _deq_row(kind, q, s1, s2, r, buf):
-    """Dequantize row r into buf[:D] (fp32)."""
-    qr = q[r]
-    cols = buf.shape[0]
-    if kind == Q8_0 or kind == Q4_0 or kind == Q4_1 or kind == Q5_0:
-        sr = s1[r]
-        for b in range(cols // 32):
-            d = f16(sr, 2 * b)
-            if kind == Q8_0:
-                o = 32 * b
-                vd = vsplat(d)
-                for k in range(4):
-                    vstore(buf, o + 8 * k, vmul(vd, vi8(qr, o + 8 * k)))
-            elif kind == Q4_0:
-                _deq_nibbles(qr, b, d, np.float32(-8.0) * d, buf)
-            elif kind == Q4_1:
-                _deq_nibbles(qr, b, d, f16(s2[r], 2 * b), buf)
-            else:  # Q5_0: d * (q4 - 16) + 16 d * hbit
-                _deq_nibbles(qr, b, d, np.float32(-16.0) * d, buf)
-                vd16 = vsplat(np.float32(16.0) * d)
-                for k in range(4):
-                    i = 32 * b + 8 * k
-                    vstore(buf, i, vfma(vd16, vbits(s2[r], 4 * b, 8 * k), vload(buf, i)))
-    elif kind == Q4_K:
-        for sb in range(cols // 256):
-            o = 144 * sb
-            d = f16(qr, o)
-            dmin = f16(qr, o + 2)
-            for j in range(8):
-                sc, mn = _k4_scale_min(qr, o, j)
-                vd = vsplat(d * np.float32(sc))
-                vm = vsplat(-dmin * np.float32(mn))
-                qo = o + 16 + 32 * (j // 2)
-                e = 256 * sb + 32 * j
-                for k in range(4):
-                    v = vlo4(qr, qo + 8 * k) if j % 2 == 0 else vhi4(qr, qo + 8 * k)
-                    vstore(buf, e + 8 * k, vfma(vd, v, vm))
-    elif kind == Q6_K:
-        for sb in range(cols // 256):
-            o = 210 * sb
-            d = f16(qr, o + 208)
-            for h in range(2):
-                for l in range(0, 32, 8):
-                    a = o + 64 * h + l
-                    c = o + 128 + 32 * h + l
-                    e = 256 * sb + 128 * h + l
-                    si = o + 192 + 8 * h + l // 16
-                    for k in range(4):
-                        sc = np.float32(np.int8(qr[si + 2 * k]))
-                        w = vq6(qr, a + 32 * (k % 2), 4 * (k // 2), c, 2 * k)
-                        vstore(buf, e + 32 * k, vmul(vsplat(d * sc), w))
-    else:
-        main = cols - cols % 8
-        for j in range(0, main, 8):
-            vstore(buf, j, _dense_vec(kind, qr, j))
-        for j in range(main, cols):
-            buf[j] = _dense_at(kind, qr, j)
+def _deq_dot_rows(kind, pl, r0, r1, x, out, buf, dt, mt):
+    """out[n, r] = W[r] . x[n] for r0 <= r < r1 and every input n (x [N, D], out [N, R])."""
+    n_in, cols = x.shape
+    n_rows = out.shape[1]
+    xp, outp, bufp, dtp, mtp = addr(x), addr(out), addr(buf), addr(dt), addr(mt)
+    for r in range(r0, r1):
+        _deq_row(kind, pl, r, bufp, cols, dtp, mtp)  # fp32 row in L1
+        n = 0
+        while n + 8 <= n_in:
+            _dot_inputs8(bufp, xp + 4 * n * cols, cols, outp + 4 * (n * n_rows + r), n_rows)
+            n += 8
+        while n < n_in:
+            _dot_inputs1(bufp, xp + 4 * n * cols, cols, outp + 4 * (n * n_rows + r))
+            n += 1
 
 
 # ---------------------------------------------------------------------------
-# The driver: one parallel function for every type and operation (Numba compiles
-# it once, and caches it on disk; each parallel function costs seconds to compile).
-# Rows are split into a few chunks per thread, each chunk with its own scratch.
+# The driver
 # ---------------------------------------------------------------------------
 
 MATVEC1, MATVECN, DEQUANT = 0, 1, 2
 
 
 @njit
+def _deq_rows(kind, pl, r0, r1, out, i0, dt, mt):
+    """out[i0 + i, :] = W[r0 + i, :] for 0 <= i < r1 - r0 (out [T, D])."""
+    cols = out.shape[1]
+    outp, dtp, mtp = addr(out), addr(dt), addr(mt)
+    for i in range(r1 - r0):
+        _deq_row(kind, pl, r0 + i, outp + 4 * (i0 + i) * cols, cols, dtp, mtp)
+
+
+@njit
 def _block_sums(x, width):
-    # xs[b] = sum(x[width*b : width*(b+1)])
-    n = x.shape[0] // width
-    xs = np.empty(n, np.float32)
+    # xs[b] = sum(x[0, width*b : width*(b+1)])
+    n = x.shape[1] // width
+    xs = np.empty(n + 1, np.float32)
     for b in range(n):
         s = np.float32(0.0)
         for i in range(width * b, width * (b + 1)):
-            s += x[i]
+            s += x[0, i]
         xs[b] = s
     return xs
 
 
-@njit
-def _dot_f32(w, x, n):
-    # sum(w[:n] * x[:n]) for n a multiple of 32, four independent accumulators
-    a0 = vzero()
-    a1 = vzero()
-    a2 = vzero()
-    a3 = vzero()
-    for j in range(0, n, 32):
-        a0 = vfma(vload(w, j), vload(x, j), a0)
-        a1 = vfma(vload(w, j + 8), vload(x, j + 8), a1)
-        a2 = vfma(vload(w, j + 16), vload(x, j + 16), a2)
-        a3 = vfma(vload(w, j + 24), vload(x, j + 24), a3)
-    return vsum(vadd(vadd(a0, a1), vadd(a2, a3)))
-
-
 @njit_parallel
 def _run(op, kind, q, s1, s2, x, out, r0, n_chunks):
-    """op MATVEC1: out[0, r] = W[r] . x[0]          (x [1, D], out [1, R]; fused dequant + dot)
-    op MATVECN: out[n, r] = W[r] . x[n]          (x [N, D], out [N, R]; row r dequantized once)
-    op DEQUANT: out[i, :] = W[r0 + i, :]          (out [T, D]; x unused)"""
+    """op MATVEC1: out[0, r] = W[r] . x[0]   (x [1, D], out [1, R]; dequantized in registers)
+    op MATVECN: out[n, r] = W[r] . x[n]   (x [N, D], out [N, R]; each row dequantized once)
+    op DEQUANT: out[i, :] = W[r0 + i, :]   (out [T, D]; x unused)
+    q, s1, s2: the weight's planes (uint8 [R, bytes per row], C-contiguous).  They are arguments,
+    so they stay alive while the helpers use their addresses (`pl`)."""
+    pl = (addr(q), q.shape[1], addr(s1), s1.shape[1], addr(s2), s2.shape[1])
     cols = out.shape[1] if op == DEQUANT else x.shape[1]
     n_rows = out.shape[0] if op == DEQUANT else out.shape[1]
-    main = cols - cols % 32  # only dense rows have a tail
-    xs = _block_sums(x[0], 32)
+    xs = _block_sums(x, 32)  # sums of x[0] over blocks of 32
     for c in prange(n_chunks):
-        dt = np.empty(cols // 32 + 1, np.float32)
-        buf = np.empty(cols if op == MATVECN else 0, np.float32)
-        for i in range(c * n_rows // n_chunks, (c + 1) * n_rows // n_chunks):
-            if op == MATVEC1:
-                out[0, i] = _dot_row(kind, q, s1, s2, i, x[0], xs, dt)
-            elif op == MATVECN:
-                _deq_row(kind, q, s1, s2, i, buf)
-                for n in range(x.shape[0]):
-                    s = _dot_f32(buf, x[n], main)
-                    for j in range(main, cols):
-                        s += buf[j] * x[n, j]
-                    out[n, i] = s
-            else:
-                _deq_row(kind, q, s1, s2, r0 + i, out[i])
+        c0 = c * n_rows // n_chunks
+        c1 = (c + 1) * n_rows // n_chunks
+        dt = np.empty(cols // 32 + 1, np.float32)  # per-chunk scratch
+        mt = np.empty(cols // 32 + 1, np.float32)
+        if op == MATVEC1:
+            _dot_rows(kind, pl, c0, c1, x, xs, dt, out)
+        elif op == MATVECN:
+            _deq_dot_rows(kind, pl, c0, c1, x, out, np.empty(cols + 8, np.float32), dt, mt)
+        else:
+            _deq_rows(kind, pl, r0 + c0, r0 + c1, out, c0, dt, mt)
 
 
 def _n_chunks(rows: int) -> int:
@@ -627,7 +748,7 @@ def _n_chunks(rows: int) -> int:
 
 
 def matvec(kind: int, planes, x: np.ndarray, out: np.ndarray) -> None:
-    """out [N, R] = x [N, D] @ W.T for small N (trusted inputs: float32, C-contiguous)."""
+    """out [N, R] = x [N, D] @ W.T for small N (trusted: float32, C-contiguous, shapes checked)."""
     op = MATVEC1 if x.shape[0] == 1 else MATVECN
     _run(op, kind, planes[0], planes[1], planes[2], x, out, 0, _n_chunks(out.shape[1]))
 
@@ -636,5 +757,5 @@ _NO_X = np.zeros((1, 32), np.float32)
 
 
 def dequant_rows(kind: int, planes, r0: int, out: np.ndarray) -> None:
-    """out [T, D] = W[r0 : r0 + T] as float32."""
+    """out [T, D] = W[r0 : r0 + T] as float32 (trusted inputs)."""
     _run(DEQUANT, kind, planes[0], planes[1], planes[2], _NO_X, out, r0, _n_chunks(out.shape[0]))
