@@ -615,8 +615,8 @@ def _deq_row(kind, pl, r, op, cols, dtp, mtp):
 
 
 # ---------------------------------------------------------------------------
-# N > 1: a dequantized row (fp32 at wp) dotted with several inputs at once, so each
-# weight vector is loaded once and used up to 8 times (the accumulators stay in registers).
+# N > 1: dequantized rows (fp32) dotted with several inputs at once, so each loaded
+# vector is used several times (the accumulators stay in registers).
 # ---------------------------------------------------------------------------
 
 
@@ -630,35 +630,43 @@ def _tail(wp, xp, start, cols):
 
 
 @njit
-def _dot_inputs8(wp, xp, cols, outp, ostride):
-    # out[n * ostride] = w . x[n] for n < 8 (x[n] at xp + 4 * n * cols)
+def _dot_rows2_inputs4(wp, cols, xp, outp, ostride):
+    # two dequantized rows (fp32: w0 at wp, w1 at wp + 4 cols) times four inputs (x[k] at
+    # xp + 4 k cols): out[k * ostride + i] = w_i . x[k].  Each loaded vector is used 4 or 2
+    # times, and the 8 accumulators stay in registers.
     main = cols - cols % 8
     a0 = vzero()
     a1 = vzero()
     a2 = vzero()
     a3 = vzero()
-    a4 = vzero()
-    a5 = vzero()
-    a6 = vzero()
-    a7 = vzero()
+    b0 = vzero()
+    b1 = vzero()
+    b2 = vzero()
+    b3 = vzero()
     for j in range(0, main, 8):
-        w = vload(wp, j)
-        a0 = vfma(w, vload(xp, j), a0)
-        a1 = vfma(w, vload(xp, j + cols), a1)
-        a2 = vfma(w, vload(xp, j + 2 * cols), a2)
-        a3 = vfma(w, vload(xp, j + 3 * cols), a3)
-        a4 = vfma(w, vload(xp, j + 4 * cols), a4)
-        a5 = vfma(w, vload(xp, j + 5 * cols), a5)
-        a6 = vfma(w, vload(xp, j + 6 * cols), a6)
-        a7 = vfma(w, vload(xp, j + 7 * cols), a7)
+        w0 = vload(wp, j)
+        w1 = vload(wp, j + cols)
+        x0 = vload(xp, j)
+        a0 = vfma(w0, x0, a0)
+        b0 = vfma(w1, x0, b0)
+        x1 = vload(xp, j + cols)
+        a1 = vfma(w0, x1, a1)
+        b1 = vfma(w1, x1, b1)
+        x2 = vload(xp, j + 2 * cols)
+        a2 = vfma(w0, x2, a2)
+        b2 = vfma(w1, x2, b2)
+        x3 = vload(xp, j + 3 * cols)
+        a3 = vfma(w0, x3, a3)
+        b3 = vfma(w1, x3, b3)
+    w1p = wp + 4 * cols
     fstore(outp, 0, vsum(a0) + _tail(wp, xp, main, cols))
+    fstore(outp, 1, vsum(b0) + _tail(w1p, xp, main, cols))
     fstore(outp, ostride, vsum(a1) + _tail(wp, xp + 4 * cols, main, cols))
+    fstore(outp, ostride + 1, vsum(b1) + _tail(w1p, xp + 4 * cols, main, cols))
     fstore(outp, 2 * ostride, vsum(a2) + _tail(wp, xp + 8 * cols, main, cols))
+    fstore(outp, 2 * ostride + 1, vsum(b2) + _tail(w1p, xp + 8 * cols, main, cols))
     fstore(outp, 3 * ostride, vsum(a3) + _tail(wp, xp + 12 * cols, main, cols))
-    fstore(outp, 4 * ostride, vsum(a4) + _tail(wp, xp + 16 * cols, main, cols))
-    fstore(outp, 5 * ostride, vsum(a5) + _tail(wp, xp + 20 * cols, main, cols))
-    fstore(outp, 6 * ostride, vsum(a6) + _tail(wp, xp + 24 * cols, main, cols))
-    fstore(outp, 7 * ostride, vsum(a7) + _tail(wp, xp + 28 * cols, main, cols))
+    fstore(outp, 3 * ostride + 1, vsum(b3) + _tail(w1p, xp + 12 * cols, main, cols))
 
 
 @njit
@@ -675,18 +683,25 @@ def _dot_inputs1(wp, xp, cols, outp):
 
 @njit
 def _deq_dot_rows(kind, pl, r0, r1, x, out, buf, dt, mt):
-    """out[n, r] = W[r] . x[n] for r0 <= r < r1 and every input n (x [N, D], out [N, R])."""
+    """out[n, r] = W[r] . x[n] for r0 <= r < r1 and every input n (x [N, D], out [N, R]).
+    Rows are dequantized two at a time into buf (fp32, stays in L1), then multiplied with the
+    inputs four at a time; the leftover inputs (and an odd last row) one at a time."""
     n_in, cols = x.shape
     n_rows = out.shape[1]
     xp, outp, bufp, dtp, mtp = addr(x), addr(out), addr(buf), addr(dt), addr(mt)
-    for r in range(r0, r1):
-        _deq_row(kind, pl, r, bufp, cols, dtp, mtp)  # fp32 row in L1
+    for r in range(r0, r1, 2):
+        pair = r + 1 < r1
+        _deq_row(kind, pl, r, bufp, cols, dtp, mtp)
+        if pair:
+            _deq_row(kind, pl, r + 1, bufp + 4 * cols, cols, dtp, mtp)
         n = 0
-        while n + 8 <= n_in:
-            _dot_inputs8(bufp, xp + 4 * n * cols, cols, outp + 4 * (n * n_rows + r), n_rows)
-            n += 8
+        while pair and n + 4 <= n_in:
+            _dot_rows2_inputs4(bufp, cols, xp + 4 * n * cols, outp + 4 * (n * n_rows + r), n_rows)
+            n += 4
         while n < n_in:
             _dot_inputs1(bufp, xp + 4 * n * cols, cols, outp + 4 * (n * n_rows + r))
+            if pair:
+                _dot_inputs1(bufp + 4 * cols, xp + 4 * n * cols, cols, outp + 4 * (n * n_rows + r + 1))
             n += 1
 
 
@@ -738,7 +753,7 @@ def _run(op, kind, q, s1, s2, x, out, r0, n_chunks):
         if op == MATVEC1:
             _dot_rows(kind, pl, c0, c1, x, xs, dt, out)
         elif op == MATVECN:
-            _deq_dot_rows(kind, pl, c0, c1, x, out, np.empty(cols + 8, np.float32), dt, mt)
+            _deq_dot_rows(kind, pl, c0, c1, x, out, np.empty(2 * cols + 8, np.float32), dt, mt)
         else:
             _deq_rows(kind, pl, r0 + c0, r0 + c1, out, c0, dt, mt)
 
