@@ -758,8 +758,12 @@ def _run(op, kind, q, s1, s2, x, out, r0, n_chunks):
             _deq_rows(kind, pl, r0 + c0, r0 + c1, out, c0, dt, mt)
 
 
+# a few chunks per thread: a thread that other processes delay holds back less work
+_CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
+
+
 def _n_chunks(rows: int) -> int:
-    return max(1, min(rows, 4 * numba.get_num_threads()))
+    return max(1, min(rows, _CHUNKS))
 
 
 def matvec(kind: int, planes, x: np.ndarray, out: np.ndarray) -> None:

@@ -22,11 +22,13 @@ Shape legend: R rows (out features), D columns (in features), N inputs, nb block
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import _jit
 from ..errors import ModelFormatError
 
 # GGML type ids (= gguf.GGMLQuantizationType) and names of every type a GGUF file may hold.
@@ -46,6 +48,7 @@ BLOCK_LAYOUT: Dict[int, Tuple[int, int]] = {
     Q4_K: (256, 144), Q6_K: (256, 210),
 }
 DENSE_TYPES = (F32, F16, BF16)
+_JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 
 # Batches of at least this many inputs go through BLAS on dequantized tiles.
 PREFILL_MIN_N = 16
@@ -259,14 +262,18 @@ def _unpack(planes, t: int) -> np.ndarray:
 
 
 def _use_reference() -> bool:
-    import numba
-
-    from .._jit import reference_mode
-
-    return reference_mode() or bool(numba.config.DISABLE_JIT)
+    # NPLLM_REFERENCE / use_reference(True), or NUMBA_DISABLE_JIT=1 (the intrinsics need the JIT)
+    return _jit.reference_mode() or _JIT_DISABLED
 
 
 _scratch = threading.local()
+
+
+def _kernels():
+    """The Numba kernels module, imported on first use (importing it loads Numba's extension API)."""
+    from . import quant_kernels
+
+    return quant_kernels
 
 
 def _tile_buffer(rows: int, cols: int) -> np.ndarray:
@@ -359,9 +366,7 @@ class QuantizedWeight:
             raw = self.raw()[r0:r1]
             out[...] = dequantize_ref(raw, self.ggml_type, (r1 - r0, self.shape[1]))
         else:
-            from .quant_kernels import dequant_rows
-
-            dequant_rows(self.ggml_type, self._planes, r0, out)
+            _kernels().dequant_rows(self.ggml_type, self._planes, r0, out)
         return out
 
     def take_rows(self, ids) -> np.ndarray:
@@ -386,9 +391,9 @@ class QuantizedWeight:
     def matmul(self, x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         """x [N, D] (or [D]) float32 -> x @ W.T: [N, R] (or [R]) float32.
 
-        ``out`` (float32 [N, R], C-contiguous) avoids an allocation per call."""
+        ``out`` (float32 [N, R], C-contiguous) avoids an allocation per call.  Decode calls
+        this ~200 times per token, so the checks below are kept cheap."""
         rows, cols = self.shape
-        x = np.asarray(x)
         vector = x.ndim == 1
         x2 = x.reshape(1, -1) if vector else x
         if x2.ndim != 2 or x2.shape[1] != cols:
@@ -405,9 +410,7 @@ class QuantizedWeight:
         elif n >= PREFILL_MIN_N:
             self._matmul_tiles(x2, out)
         else:
-            from .quant_kernels import matvec
-
-            matvec(self.ggml_type, self._planes, x2, out)
+            _kernels().matvec(self.ggml_type, self._planes, x2, out)
         return out[0] if vector else out
 
     def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
