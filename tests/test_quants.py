@@ -124,7 +124,7 @@ def test_kernel_dequantize_matches_reference(t):
 @pytest.mark.parametrize("n", [1, 3, 8, 40])
 @pytest.mark.parametrize("t", ALL_TYPES, ids=name)
 def test_kernel_matmul_matches_dequantized_matmul(t, n, monkeypatch):
-    monkeypatch.setattr(quants, "TILE_ROWS", 16)  # prefill path: tiles of 16, 16 and 5 rows
+    monkeypatch.setattr(quants, "TILE_BYTES", 16 * 4 * cols_for(t))  # prefill: tiles of 16, 16, 5 rows
     rng = np.random.default_rng(1000 * n + t)
     rows, cols = 37, cols_for(t)
     raw = sample(t, rows, cols, rng, "random" if t not in (F32, F16, BF16) else "quantize")

@@ -50,9 +50,10 @@ BLOCK_LAYOUT: Dict[int, Tuple[int, int]] = {
 DENSE_TYPES = (F32, F16, BF16)
 _JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 
-# Batches of at least this many inputs go through BLAS on dequantized tiles.
+# Batches of at least this many inputs (prefill) go through BLAS on dequantized tiles of at
+# most TILE_BYTES of fp32 (a whole 1536x576 matrix is one tile; lm_head is cut in tiles).
 PREFILL_MIN_N = 16
-TILE_ROWS = 512
+TILE_BYTES = 4 << 20
 
 
 def type_name(ggml_type: int) -> str:
@@ -416,8 +417,11 @@ class QuantizedWeight:
     def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
         # prefill: W tile [T, D] dequantized into a reusable buffer, then BLAS x @ tile.T
         rows, cols = self.shape
-        tile = min(rows, TILE_ROWS)
+        tile = min(rows, max(8, TILE_BYTES // (4 * cols)))
         buf = _tile_buffer(tile, cols)
+        if tile == rows:  # one tile: BLAS writes straight into out
+            np.matmul(x, self._dequant_rows(0, rows, buf).T, out=out)
+            return
         tmp = np.empty((x.shape[0], tile), np.float32)
         for r0 in range(0, rows, tile):
             r1 = min(rows, r0 + tile)
