@@ -19,8 +19,9 @@ A template comes from the internet, so it is untrusted code:
 
 - the sandbox refuses Python internals (``__class__``, ``__subclasses__``,
   ``__globals__``...) and we also refuse module and function internals;
-- every ``{% for %}`` loop, call and filter spends from one step budget, so a
-  template that loops without end stops with an error;
+- every ``{% for %}`` loop, call and filter spends from one step budget (and
+  the render from a time budget), so a template that loops without end stops
+  with an error;
 - operations that can build huge values (``'x' * n``, ``n ** m``, ``center``,
   ``replace``, ``join``...) are checked *before* they allocate, and every
   string or list produced is capped; the rendered text is capped too.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import types
 from datetime import datetime
 from typing import Any, Dict, List, Optional
@@ -40,7 +42,8 @@ from .errors import NpllmError
 
 MAX_OUTPUT_CHARS = 2_000_000  # rendered prompt
 MAX_VALUE_SIZE = 2_000_000  # any string/list/dict the template builds
-MAX_STEPS = 2_000_000  # loop iterations + calls + filter calls per render
+MAX_STEPS = 250_000  # loop iterations + calls + filter calls per render (a long chat needs ~10k)
+MAX_SECONDS = 5.0  # wall-clock bound on one render, whatever the template does
 MAX_INT_BITS = 1 << 16  # integers the template computes
 MAX_DATA_DEPTH = 64  # nesting of messages/tools passed in
 
@@ -148,6 +151,8 @@ class _Budget:
     def __init__(self):
         self.steps = MAX_STEPS
         self.chars = MAX_OUTPUT_CHARS
+        self.deadline = time.monotonic() + MAX_SECONDS
+        self.calls = 0
         self.macro_chars: Dict[str, int] = {}  # macro name -> literal text in its body
         self.max_chars = 1  # the largest body (for recursive loop() calls)
 
@@ -156,6 +161,9 @@ class _Budget:
         self.chars -= chars
         if self.steps < 0:
             raise _TooBig(f"more than {MAX_STEPS} loop iterations/calls (endless loop?)")
+        self.calls += 1
+        if self.calls % 256 == 0 and time.monotonic() > self.deadline:
+            raise _TooBig(f"rendering took more than {MAX_SECONDS:g} s (endless loop?)")
         if self.chars < 0:
             raise _TooBig(f"the template would produce more than {MAX_OUTPUT_CHARS} characters")
 
@@ -264,6 +272,11 @@ def _guard_ast(ast, budget: _Budget) -> None:
     """Route every ``{% for %}`` iterable and ``~`` concatenation through a guard filter,
     and record how much literal text each loop and macro body holds."""
     from jinja2 import nodes
+    from jinja2.exceptions import SecurityError
+
+    for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        raise SecurityError(f"line {node.lineno}: a chat template may not include, import or extend "
+                            "other templates")
 
     def literal_chars(node) -> int:
         bodies = list(node.body) + list(getattr(node, "else_", []))

@@ -146,6 +146,24 @@ ATTACKS = {
     "buffered_set_block": "{% set big = 'x' * 1000000 %}{% set y %}{% for i in range(99999) %}{{ big }}{% endfor %}{% endset %}",
     "buffered_literals": "{% set y %}{% for i in range(99999) %}{% for j in range(99999) %}" + "L" * 1000
                          + "{% endfor %}{% endfor %}{% endset %}",
+    # Python internals and modules reached through the globals the environment provides
+    "globals_to_module": "{{ raise_exception.__globals__['json'].dumps(1) }}",
+    "attr_filter_globals": "{{ raise_exception | attr('__globals__') }}",
+    "class_attribute": "{{ cycler.reset }}",
+    "class_mro_call": "{{ namespace.mro() }}",
+    "class_init_globals": "{{ joiner.__init__.__globals__ }}",
+    "bound_method_self": "{{ range.__self__.globals }}",
+    "generator_frame": "{{ (messages | map('upper')).gi_frame }}",
+    "map_attribute_class": "{{ messages | map(attribute='__class__') | list }}",
+    "sort_attribute_chain": "{{ messages | sort(attribute='__class__.__init__.__globals__') | list }}",
+    "import_module": "{% import 'os' as os %}{{ os.system('id') }}",
+    "from_import": "{% from 'os' import system %}{{ system('id') }}",
+    "include": "{% include '/etc/passwd' %}",
+    # endless loops whose bodies are calls (each iteration is slow in Jinja)
+    "nested_loop_calls": "{% for i in range(99999) %}{% for j in range(99999) %}{{ loop.cycle('a', 'b') }}"
+                         "{% endfor %}{% endfor %}",
+    "macro_loop_in_loop": "{% macro f() %}{% for i in range(99999) %}{% endfor %}{% endmacro %}"
+                          "{% for i in range(99999) %}{{ f() }}{% endfor %}",
 }
 
 
@@ -156,3 +174,35 @@ def test_hostile_template_is_refused_quickly(name):
         render_chat_template(ATTACKS[name], CONVERSATIONS[0])
     assert time.perf_counter() - start < 10
     assert isinstance(e.value, ValueError)
+
+
+def test_module_attributes_are_refused_even_if_a_module_gets_in():
+    """The environment's attribute rule refuses modules (defence in depth: render_chat_template
+    already refuses any value that is not plain data)."""
+    import os
+
+    from jinja2.exceptions import SecurityError
+
+    from npllm import chat
+
+    env = chat._ChatEnvironment(chat._Budget())
+    with pytest.raises(SecurityError, match="module"):
+        env.from_string("{{ m.path }}").render(m=os)
+    with pytest.raises(ChatTemplateError, match="module"):
+        render_chat_template("{{ m }}", CONVERSATIONS[0], m=os)
+
+
+def test_render_time_is_bounded(monkeypatch):
+    """Besides the step budget, a render stops after MAX_SECONDS of wall-clock time."""
+    from npllm import chat
+
+    monkeypatch.setattr(chat, "MAX_SECONDS", 0.0)
+    with pytest.raises(ChatTemplateError, match="took more than"):
+        render_chat_template("{% for i in range(5000) %}{{ i ~ 'x' }}{% endfor %}", CONVERSATIONS[0])
+
+
+@pytest.mark.parametrize("template", ["{% include 'x' %}", "{% import 'os' as os %}", "{% extends 'base' %}",
+                                      "{% from 'os' import system %}"])
+def test_other_templates_cannot_be_loaded(template):
+    with pytest.raises(ChatTemplateError, match="may not include, import or extend"):
+        render_chat_template(template, CONVERSATIONS[0])

@@ -105,6 +105,56 @@ def test_pytorch_bin_is_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+def _pickle_bomb(path, marker):
+    import pickle
+
+    boom = _Boom()
+    boom.marker = str(marker)
+    path.write_bytes(pickle.dumps(boom))
+
+
+@pytest.mark.parametrize("name", ["x.bin", "model.pt", "weights.pth"])
+def test_npllm_load_refuses_a_pickle_file_without_unpickling(tmp_path, name):
+    import npllm
+
+    marker = tmp_path / "UNPICKLED"
+    _pickle_bomb(tmp_path / name, marker)
+    with pytest.raises(ModelFormatError, match="(?i)pickle.*refused.*safetensors") as e:
+        npllm.load(str(tmp_path / name))
+    assert name in str(e.value) and isinstance(e.value, ValueError)
+    assert not marker.exists()
+
+
+def test_npllm_load_refuses_a_directory_of_pickles_without_unpickling(tmp_path):
+    import npllm
+
+    _save(_model("llama"), tmp_path)
+    os.remove(tmp_path / "model.safetensors")
+    marker = tmp_path / "UNPICKLED"
+    _pickle_bomb(tmp_path / "pytorch_model.bin", marker)
+    with pytest.raises(ModelFormatError, match="pytorch_model.bin.*(?i:convert)"):
+        npllm.load(str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cli_refuses_a_pickle_in_one_line_without_traceback(tmp_path):
+    """``python -m npllm generate --model x.bin hi``: one line on stderr, non-zero exit, no traceback."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "UNPICKLED"
+    _pickle_bomb(tmp_path / "x.bin", marker)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "npllm", "generate", "--model", "x.bin", "hi"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "x.bin" in lines[0] and "pickle" in lines[0] and "safetensors" in lines[0]
+    assert proc.stdout == "" and not marker.exists()
+
+
 # ------------------------------------------------------------------ malformed
 def test_missing_directory_and_config(tmp_path):
     with pytest.raises(ModelNotFoundError):

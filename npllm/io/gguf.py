@@ -109,31 +109,48 @@ def hf_to_gguf_key(key: str) -> str:
 
 def hf_tensor_shapes(config: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     """Every HF key a checkpoint of ``config`` must hold, with its shape ([out, in])."""
+    return dict(iter_hf_tensor_shapes(config))
+
+
+def expected_tensor_count(config: ModelConfig) -> int:
+    """len(hf_tensor_shapes(config)), without listing them (a corrupt config may claim 10**9 layers)."""
+    c = config
+    per_layer = 9 + (3 if c.attention_bias else 0) + (1 if c.o_proj_bias else 0)
+    return 2 + (0 if c.tie_word_embeddings else 1) + c.num_hidden_layers * per_layer
+
+
+def first_missing_tensor(config: ModelConfig, present) -> Optional[str]:
+    """The first HF key of ``config`` not in ``present``; stops there (cheap for a huge config)."""
+    return next((key for key, _ in iter_hf_tensor_shapes(config) if key not in present), None)
+
+
+def iter_hf_tensor_shapes(config: ModelConfig):
+    """(HF key, shape) pairs in order: embeddings, norm, head, then layer by layer."""
     c = config
     D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
     q_rows = c.num_attention_heads * c.head_dim  # H * Dh
     kv_rows = c.num_key_value_heads * c.head_dim  # Hkv * Dh
-    shapes: Dict[str, Tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    yield "model.embed_tokens.weight", (V, D)
+    yield "model.norm.weight", (D,)
     if not c.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, D)
+        yield "lm_head.weight", (V, D)
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (D,)
-        shapes[p + "post_attention_layernorm.weight"] = (D,)
-        shapes[p + "self_attn.q_proj.weight"] = (q_rows, D)
-        shapes[p + "self_attn.k_proj.weight"] = (kv_rows, D)
-        shapes[p + "self_attn.v_proj.weight"] = (kv_rows, D)
-        shapes[p + "self_attn.o_proj.weight"] = (D, q_rows)
-        shapes[p + "mlp.gate_proj.weight"] = (F, D)
-        shapes[p + "mlp.up_proj.weight"] = (F, D)
-        shapes[p + "mlp.down_proj.weight"] = (D, F)
+        yield p + "input_layernorm.weight", (D,)
+        yield p + "post_attention_layernorm.weight", (D,)
+        yield p + "self_attn.q_proj.weight", (q_rows, D)
+        yield p + "self_attn.k_proj.weight", (kv_rows, D)
+        yield p + "self_attn.v_proj.weight", (kv_rows, D)
+        yield p + "self_attn.o_proj.weight", (D, q_rows)
+        yield p + "mlp.gate_proj.weight", (F, D)
+        yield p + "mlp.up_proj.weight", (F, D)
+        yield p + "mlp.down_proj.weight", (D, F)
         if c.attention_bias:
-            shapes[p + "self_attn.q_proj.bias"] = (q_rows,)
-            shapes[p + "self_attn.k_proj.bias"] = (kv_rows,)
-            shapes[p + "self_attn.v_proj.bias"] = (kv_rows,)
+            yield p + "self_attn.q_proj.bias", (q_rows,)
+            yield p + "self_attn.k_proj.bias", (kv_rows,)
+            yield p + "self_attn.v_proj.bias", (kv_rows,)
         if c.o_proj_bias:
-            shapes[p + "self_attn.o_proj.bias"] = (D,)
-    return shapes
+            yield p + "self_attn.o_proj.bias", (D,)
 
 
 # ----------------------------------------------------------- Q/K permutation
@@ -328,6 +345,8 @@ class _HeaderScan:
             if depth > 2:
                 self.fail("arrays nested too deeply")
             itype = self.u32("array type")
+            if itype not in _SCALAR_SIZES and itype not in (_STRING, _ARRAY):
+                self.fail(f"unknown array item type {itype}")
             count = self.u64("array count")
             min_item = _SCALAR_SIZES.get(itype, 8 if itype == _STRING else 12)
             if count * min_item > self.size - self.pos:
@@ -340,41 +359,70 @@ class _HeaderScan:
         else:
             self.fail(f"unknown metadata value type {vtype}")
 
+    def name(self, what: str) -> str:
+        """A key or tensor name: bounded, UTF-8 (GGUFReader would raise a bare UnicodeDecodeError)."""
+        raw = self.string(what, _MAX_NAME)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(f"{what} {raw[:60]!r} is not valid UTF-8")
+
     def run(self) -> None:
         n_tensors, n_kv = self.u64("tensor count"), self.u64("metadata count")
         if n_kv * 13 > self.size or n_tensors * 32 > self.size:  # smallest possible entries
-            self.fail(f"tensor count {n_tensors} / metadata count {n_kv} do not fit in the file")
-        alignment = 32
+            self.fail(f"tensor count {n_tensors} / metadata count {n_kv} do not fit in the file "
+                      "(truncated or corrupt)")
+        alignment, keys = 32, set()
         for _ in range(n_kv):
-            key = self.string("metadata key", _MAX_NAME)
-            self.where = f"metadata {key.decode('utf-8', 'replace')!r}"
+            self.where = "metadata"
+            key = self.name("metadata key")
+            self.where = f"metadata {key[:80]!r}"
+            if key in keys:
+                self.fail("the key appears twice")
+            keys.add(key)
             vtype = self.u32("value type")
-            if key == b"general.alignment" and vtype == 4:
+            if key == "general.alignment" and vtype == 4:
                 alignment = struct.unpack_from("<I", self.buf, self.pos)[0] if self.pos + 4 <= self.size else 0
                 if alignment == 0 or alignment & (alignment - 1):
                     self.fail(f"general.alignment {alignment} is not a power of two")
             self.value(vtype)
-        extents = []
+        extents, names = [], set()
         for _ in range(n_tensors):
             self.where = "tensor infos"
-            name = self.string("tensor name", _MAX_NAME)
-            self.where = f"tensor info {name.decode('utf-8', 'replace')!r}"
-            n_dims = self.u32("dimension count")
-            if not 1 <= n_dims <= 4:
-                self.fail(f"{n_dims} dimensions")
-            dims = [self.u64("dimension") for _ in range(n_dims)]
-            if any(not 1 <= d <= _MAX_DIM for d in dims):
-                self.fail(f"dimensions {dims} out of range")
-            ggml_type = self.u32("tensor type")
-            offset = self.u64("data offset")
-            if ggml_type in GGML_TYPES:  # other types are refused later, by name
-                _, block, type_size = GGML_TYPES[ggml_type]
-                extents.append((self.where, offset, int(np.prod(dims, dtype=object)) // block * type_size))
+            name = self.name("tensor name")
+            self.where = f"tensor info {name[:80]!r}"
+            if name in names:
+                self.fail("a tensor of this name appears twice")
+            names.add(name)
+            extents.append(self._tensor_info())
         data_start = -(-self.pos // alignment) * alignment
         for where, offset, n in extents:
+            self.where = where
+            if offset % alignment:
+                self.fail(f"data offset {offset} is not a multiple of the alignment {alignment}")
             if data_start + offset + n > self.size:
-                self.where = where
-                self.fail(f"data (offset {offset}, {n} bytes) lies beyond the end of the file")
+                self.fail(f"data (offset {offset}, {n} bytes) lies beyond the end of the file "
+                          f"({self.size} bytes; truncated?)")
+
+    def _tensor_info(self):
+        """Dims, type and offset of one tensor -> (where, data offset, data bytes)."""
+        n_dims = self.u32("dimension count")
+        if not 1 <= n_dims <= 4:
+            self.fail(f"{n_dims} dimensions (expected 1 to 4)")
+        dims = [self.u64("dimension") for _ in range(n_dims)]
+        if any(not 1 <= d <= _MAX_DIM for d in dims):
+            self.fail(f"dimensions {dims} out of range (each must be in [1, {_MAX_DIM}])")
+        ggml_type = self.u32("tensor type")
+        offset = self.u64("data offset")
+        if ggml_type not in GGML_TYPES:
+            from .quants import type_name
+
+            self.fail(f"GGML type {type_name(ggml_type)} (id {ggml_type}) is not supported "
+                      f"(supported: {', '.join(n for n, _, _ in GGML_TYPES.values())})")
+        type_name_, block, type_size = GGML_TYPES[ggml_type]
+        if dims[0] % block:
+            self.fail(f"row length {dims[0]} is not a multiple of the {type_name_} block size {block}")
+        return self.where, offset, int(np.prod(dims, dtype=object)) // block * type_size
 
 
 _CACHE_MIN_BYTES = 1 << 20  # small files parse fast; don't let them evict a real model

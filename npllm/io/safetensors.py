@@ -69,9 +69,10 @@ def read_hf_directory(path) -> HFCheckpoint:
     if not os.path.isfile(config_path):
         raise ModelNotFoundError(f"{path}: no {CONFIG_FILE} (not an HF model directory)")
     config_dict = read_json(config_path)
+    _check_config_types(config_dict, config_path)
     try:
         config = ModelConfig.from_dict(config_dict)
-    except ConfigError as e:
+    except (ConfigError, ValueError, TypeError, OverflowError) as e:  # e.g. float("x") on a field
         raise ConfigError(f"{config_path}: {e}") from None
     gen = {}
     gen_path = os.path.join(path, GENERATION_CONFIG_FILE)
@@ -83,6 +84,37 @@ def read_hf_directory(path) -> HFCheckpoint:
         tensors.pop("lm_head.weight", None)  # tied: the head is embed_tokens (HF ignores the copy)
     _check_tensors(tensors, config, path)
     return HFCheckpoint(path=path, config=config, tensors=tensors, generation_config=gen)
+
+
+_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings")
+_FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")
+_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias")
+_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _check_config_types(d: dict, config_path: str) -> None:
+    """JSON types of the fields npllm reads (values and ranges are ModelConfig's job)."""
+    def bad(name, what):
+        raise ConfigError(f"{config_path}: {name} must be {what}, got {d[name]!r:.60}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in _INT_FIELDS:
+        if d.get(name) is not None and not is_int(d[name]):
+            bad(name, "an integer")
+    for name in _FLOAT_FIELDS:
+        v = d.get(name)
+        if v is not None and not (is_int(v) and abs(v) < 2**1000 or isinstance(v, float) and np.isfinite(v)):
+            bad(name, "a finite number")
+    for name in _BOOL_FIELDS:
+        if d.get(name) is not None and not isinstance(d[name], bool):
+            bad(name, "true or false")
+    for name in _ID_FIELDS:
+        v = d.get(name)
+        if v is not None and not (is_int(v) or isinstance(v, list) and all(is_int(i) for i in v)):
+            bad(name, "a token id or a list of token ids")
 
 
 def read_json(path: str) -> dict:
@@ -197,9 +229,63 @@ def _read_header(file_path: str) -> dict:
         raise ModelFormatError(f"{file_path}: invalid safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise ModelFormatError(f"{file_path}: safetensors header is not a JSON object")
+    _check_entries(file_path, header, size - 8 - n)
     header["__data_start__"] = 8 + n
     header["__file_size__"] = size
     return header
+
+
+# Every dtype the safetensors format defines -> bytes per element (npllm loads the float ones).
+_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+                "F6_E2M3": 1, "F6_E3M2": 1, "F4": 1, "C64": 8}
+_LOADABLE = ("F16", "F32", "F64", "BF16")
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_entries(file_path: str, header: dict, data_bytes: int) -> None:
+    """Each tensor entry against the format and the file size, before anything is allocated:
+    a known float dtype, a shape of counts, ``data_offsets`` [begin, end] holding exactly
+    prod(shape) * itemsize bytes, and the tensors tiling the data section without gaps."""
+    def fail(key, what):
+        raise ModelFormatError(f"{file_path}: tensor {key!r}: {what}")
+
+    spans = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise ModelFormatError(f"{file_path}: '__metadata__' must be an object of strings")
+            continue
+        if not isinstance(info, dict):
+            fail(key, f"expected an object with dtype, shape and data_offsets, got {type(info).__name__}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPE_SIZES:
+            fail(key, f"unknown dtype {dtype!r} (expected one of {', '.join(_LOADABLE)})")
+        if dtype not in _LOADABLE:
+            fail(key, f"has dtype {dtype}, expected a float type ({', '.join(_LOADABLE)})")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_count(d) for d in shape):
+            fail(key, f"shape {shape!r:.80} must be a list of at most 8 non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            fail(key, f"data_offsets {offsets!r:.80} must be [begin, end], two non-negative integers")
+        begin, end = offsets
+        need = int(np.prod(shape, dtype=object)) * _DTYPE_SIZES[dtype]  # Python ints: no overflow
+        if end < begin or end - begin != need:
+            fail(key, f"data_offsets [{begin}, {end}] hold {end - begin} bytes, but {dtype} {shape} needs {need}")
+        if end > data_bytes:
+            fail(key, f"data ends at byte {end} of the data section, which holds only {data_bytes} "
+                      "bytes (truncated?)")
+        spans.append((begin, end, key))
+    covered = 0
+    for begin, end, key in sorted(spans):
+        if begin != covered:
+            fail(key, f"data starts at byte {begin}, expected {covered} (tensors overlap or leave a gap)")
+        covered = end
+    if covered != data_bytes:
+        raise ModelFormatError(f"{file_path}: the tensors cover {covered} bytes but the data section "
+                               f"holds {data_bytes} (truncated or padded?)")
 
 
 def _read_bf16(file_path: str, header: dict, key: str) -> np.ndarray:
@@ -221,8 +307,13 @@ def _read_bf16(file_path: str, header: dict, key: str) -> np.ndarray:
 
 
 def _check_tensors(tensors: Dict[str, np.ndarray], config: ModelConfig, path: str) -> None:
-    from .gguf import hf_tensor_shapes
+    from .gguf import expected_tensor_count, first_missing_tensor, hf_tensor_shapes
 
+    n_expected = expected_tensor_count(config)
+    if len(tensors) < n_expected:  # don't list every key of a config that claims 10**6 layers
+        missing = first_missing_tensor(config, tensors)
+        raise ModelFormatError(f"{path}: tensor {missing!r} is missing ({CONFIG_FILE} describes "
+                               f"{n_expected} tensors, the weights hold {len(tensors)})")
     expected = hf_tensor_shapes(config)
     for key, value in tensors.items():
         if key not in expected:
