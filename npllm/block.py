@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import apply_rope, attention, layer_norm, linear, mlp, rms_norm
+from .ops import apply_rope, attention, decode_attention, layer_norm, linear, mlp, rms_norm
 
 
 class Norm:
@@ -50,6 +50,16 @@ class Attention:
         y = y.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)        # merge heads
         return linear(y, self.o_proj, self.o_bias)
 
+    def decode(self, x, cos, sin, key_mask, cache, layer_idx):
+        """The same attention for one new token per row (x: [B, D]), with RoPE, the cache
+        append and the attention fused into one kernel call — the decode hot path."""
+        q = linear(x, self.q_proj, self.q_bias)                  # [B, H*Dh]
+        k = linear(x, self.k_proj, self.k_bias)                  # [B, Hkv*Dh]
+        v = linear(x, self.v_proj, self.v_bias)
+        y = decode_attention(q, k, v, cos, sin, cache.keys[layer_idx], cache.values[layer_idx],
+                             cache.length, key_mask)             # [B, H*Dh]
+        return linear(y, self.o_proj, self.o_bias)
+
 
 class TransformerBlock:
     def __init__(self, config, p: dict, i: int):
@@ -68,5 +78,11 @@ class TransformerBlock:
     def __call__(self, x, cos, sin, allowed, cache):
         # x: [B, T, D]
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, cache, self.idx)
+        x = x + mlp(self.post_attention_layernorm(x), self.gate_proj, self.up_proj, self.down_proj)
+        return x
+
+    def decode(self, x, cos, sin, key_mask, cache):
+        # x: [B, D], one new token per row; cache: a preallocated KVCache
+        x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, key_mask, cache, self.idx)
         x = x + mlp(self.post_attention_layernorm(x), self.gate_proj, self.up_proj, self.down_proj)
         return x

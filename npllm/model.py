@@ -207,13 +207,22 @@ class CausalLM:
             position_ids = np.where(attention_mask == 0, 1, pos)[:, -T:]          # [B, T]
         cos, sin = rope_cos_sin(np.asarray(position_ids), self.config.head_dim,
                                 self.config.rope_theta, self.dtype)
-        allowed = causal_padding_mask(attention_mask, past_len, T)               # [B, T, S]
         static = isinstance(past_key_values, KVCache)
         cache = past_key_values if static else ConcatCache(past_key_values)
 
         x = self._embed(input_ids)                                               # [B, T, D]
-        for layer in self.layers:
-            x = layer(x, cos, sin, allowed, cache)
+        if static and T == 1:
+            # Decode hot path: the same math with RoPE + cache write + attention fused per layer.
+            if past_len + 1 > cache.max_seq_len:
+                raise ConfigError(f"KV cache is full: max_seq_len={cache.max_seq_len}")
+            x = x[:, 0]                                                          # [B, D]
+            for layer in self.layers:
+                x = layer.decode(x, cos, sin, attention_mask, cache)
+            x = x[:, None]
+        else:
+            allowed = causal_padding_mask(attention_mask, past_len, T)           # [B, T, S]
+            for layer in self.layers:
+                x = layer(x, cos, sin, allowed, cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = linear(self.norm(x), self.lm_head)                              # [B, T', V]

@@ -11,7 +11,7 @@ Shape legend used in every comment:
     Hkv key/value heads, G = H // Hkv, Dh head dim, F MLP hidden, V vocab.
 """
 
-from .attention import attention, attention_ref, causal_padding_mask
+from .attention import attention, attention_ref, causal_padding_mask, decode_attention, decode_attention_ref
 from .linear import linear
 from .mlp import mlp, silu, swiglu, swiglu_ref
 from .norm import layer_norm, layer_norm_ref, rms_norm, rms_norm_ref
@@ -19,7 +19,8 @@ from .rope import apply_rope, apply_rope_ref, rope_cos_sin
 from .softmax import softmax, softmax_ref
 
 __all__ = [
-    "attention", "attention_ref", "causal_padding_mask", "linear", "mlp", "silu", "swiglu",
+    "attention", "attention_ref", "causal_padding_mask", "decode_attention",
+    "decode_attention_ref", "linear", "mlp", "silu", "swiglu",
     "swiglu_ref", "layer_norm", "layer_norm_ref", "rms_norm", "rms_norm_ref", "apply_rope",
     "apply_rope_ref", "rope_cos_sin", "softmax", "softmax_ref",
 ]

@@ -92,3 +92,92 @@ def attention(q, k, v, allowed):
     # k, v may be views into a preallocated cache: the kernel reads them in place, no copy.
     _attention_kernel(q, k, v, allowed, out)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode (one new token per row, preallocated cache): RoPE + cache write + attention in one call.
+# Same math as apply_rope + KVCache.update + attention; used by TransformerBlock.decode.
+
+def decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask):
+    """q: [B, H*Dh], k, v: [B, Hkv*Dh] (projections of the new token, before RoPE);
+    cos, sin: [B, 1, Dh]; k_cache, v_cache: [B, Hkv, S_max, Dh], written at ``length``;
+    key_mask: [B, >= length + 1] (1 = real token).  Returns [B, H*Dh]."""
+    from .rope import apply_rope_ref
+
+    B = q.shape[0]
+    Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
+    H = q.shape[1] // Dh
+    q = apply_rope_ref(q.reshape(B, H, 1, Dh), cos, sin)                       # [B, H, 1, Dh]
+    k_cache[:, :, length] = apply_rope_ref(k.reshape(B, Hkv, 1, Dh), cos, sin)[:, :, 0]
+    v_cache[:, :, length] = v.reshape(B, Hkv, Dh)
+    allowed = key_mask[:, None, :length + 1] != 0                              # [B, 1, S]
+    out = attention_ref(q, k_cache[:, :, :length + 1], v_cache[:, :, :length + 1], allowed)
+    return out.reshape(B, H * Dh)
+
+
+@njit_parallel
+def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out):
+    B = q.shape[0]
+    Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
+    H = q.shape[1] // Dh
+    G = H // Hkv
+    half = Dh // 2
+    S = length + 1
+    scale = 1.0 / np.sqrt(Dh)
+    for b in range(B):                       # 1. rotate k and append k, v to the cache
+        for h in range(Hkv):
+            base = h * Dh
+            for i in range(half):
+                x1 = k[b, base + i]
+                x2 = k[b, base + i + half]
+                k_cache[b, h, length, i] = x1 * cos[b, 0, i] - x2 * sin[b, 0, i]
+                k_cache[b, h, length, i + half] = x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]
+            for d in range(Dh):
+                v_cache[b, h, length, d] = v[b, base + d]
+    for bh in prange(B * H):                 # 2. each query head attends over the cache
+        b = bh // H
+        h = bh % H
+        kh = h // G
+        base = h * Dh
+        qr = np.empty(Dh, dtype=q.dtype)
+        for i in range(half):
+            x1 = q[b, base + i]
+            x2 = q[b, base + i + half]
+            qr[i] = x1 * cos[b, 0, i] - x2 * sin[b, 0, i]
+            qr[i + half] = x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]
+        scores = np.empty(S, dtype=q.dtype)
+        m = -np.inf
+        for s in range(S):
+            if key_mask[b, s] != 0:
+                dot = 0.0
+                for d in range(Dh):
+                    dot += qr[d] * k_cache[b, kh, s, d]
+                scores[s] = dot * scale
+                if scores[s] > m:
+                    m = scores[s]
+            else:
+                scores[s] = -np.inf
+        for d in range(Dh):
+            out[b, base + d] = 0.0
+        if m == -np.inf:
+            continue
+        total = 0.0
+        for s in range(S):
+            if scores[s] != -np.inf:
+                p = np.exp(scores[s] - m)
+                total += p
+                for d in range(Dh):
+                    out[b, base + d] += p * v_cache[b, kh, s, d]
+        inv = 1.0 / total
+        for d in range(Dh):
+            out[b, base + d] *= inv
+
+
+def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=None):
+    """RoPE, cache append and attention for one new token per row (see ``decode_attention_ref``)."""
+    if reference_mode():
+        return decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask)
+    if out is None:
+        out = np.empty(q.shape, dtype=q.dtype)
+    _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out)
+    return out
