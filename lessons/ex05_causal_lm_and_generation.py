@@ -19,6 +19,7 @@ from ._common import default_model, have_module, heading, human_bytes, rss_bytes
 from .ex04_transformer_block import SMOLLM2_SHAPE
 
 CHAT_PROMPT = "Write a short story about a cat who learns to fly."
+QUICK_PROMPT = "Once upon a time"
 
 
 # ============================================================== 5.1 architecture
@@ -74,7 +75,7 @@ def kv_cache_equivalence(quick):
 # ============================================================== 5.3 sampling on toy distributions
 def entropy(probs):
     p = probs[probs > 0]
-    return float(-(p * np.log(p)).sum())
+    return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0 turns -0.0 (a one-hot) into 0.0
 
 
 def sampling_basics(quick):
@@ -297,7 +298,7 @@ def sample_batch(model, prompt, n_rows, n_new, temperature, top_p, eos_ids, seed
 
 # ============================================================== exercise 3
 def next_token_distribution(model, tok, prompt):
-    heading("[exercise 3a] the real next-token distribution after the chat prompt, under temperature and top-p")
+    heading("[exercise 3a] the real next-token distribution after the prompt, under temperature and top-p")
     logits, _ = model.forward(prompt, logits_to_keep=1)
     z = logits[0, -1].astype(np.float64)
     top = np.argsort(-z)[:10]
@@ -323,8 +324,7 @@ def next_token_distribution(model, tok, prompt):
 def exercise3_diversity(model, tok, prompt, quick):
     heading("[exercise 3b] sampling diversity on the real model: distinct-n and entropy")
     n_rows, n_new = (2, 6) if quick else (6, 40)
-    grid = ([(0.7, 1.0), (1.2, 0.9)] if quick else
-            [(t, p) for t in (0.3, 0.7, 1.0, 1.5) for p in (1.0, 0.9)])
+    grid = ([(1.0, 0.9)] if quick else [(t, p) for t in (0.3, 0.7, 1.0, 1.5) for p in (1.0, 0.9)])
     eos = set(model.config.eos_token_ids)
     rows = []
     for temperature, top_p in grid:
@@ -355,13 +355,11 @@ def sequence_logprob(model, ids, prompt_len):
 
 def exercise4_greedy_vs_sampling(model, tok, prompt, quick):
     heading("[exercise 4] greedy vs sampling on the same prompt (model.generate)")
-    if not have_module("generation"):
-        todo("npllm/generation.py has not landed yet: CausalLM.generate is not available")
-        return
     n_new = 8 if quick else 48
     eos = model.config.eos_token_ids
-    runs = [("greedy (temperature=0)", dict(temperature=0.0)),
-            ("greedy again", dict(temperature=0.0))]
+    runs = [("greedy (temperature=0)", dict(temperature=0.0))]
+    if not quick:
+        runs.append(("greedy again", dict(temperature=0.0)))
     runs += [(f"T=0.8 top_p=0.9 seed={s}", dict(temperature=0.8, top_p=0.9, seed=s))
              for s in ((0,) if quick else (0, 1, 2))]
     rows, texts = [], []
@@ -370,14 +368,15 @@ def exercise4_greedy_vs_sampling(model, tok, prompt, quick):
         out = np.asarray(model.generate(prompt, max_new_tokens=n_new, eos_token_id=eos, **kw))
         new = out[0, P:].tolist()
         texts.append((name, tok.decode(new, skip_special_tokens=True)))
-        rows.append((name, len(new), distinct_n([new], 2), sequence_logprob(model, out, P)))
+        # mean log p the model gives its own continuation: one more forward over the whole sequence
+        lp = "-" if quick else sequence_logprob(model, out, P)
+        rows.append((name, len(new), distinct_n([new], 2), lp))
     for name, text in texts:
         print(f"--- {name}:\n{text}")
     table(["run", "new tokens", "distinct-2", "mean log p(token)"], rows, ".3f")
 
 
-# ============================================================== exercise 5
-LOOP_PROMPT = "I like cats. I like dogs. I like cats. I like dogs."
+LOOP_PROMPT = "I like cats. I like dogs. I like cats."
 
 
 def exercise5_repetition_stop(model, tok, quick):
@@ -393,21 +392,29 @@ def exercise5_repetition_stop(model, tok, quick):
         print(f"   generated {row[1:].tolist()} -> stop: {bool(fired)}")
 
     ids = np.asarray([tok.encode(LOOP_PROMPT)], dtype=np.int64)
-    n_new = 26 if quick else 60
+    n_new = 30 if quick else 60
     P = ids.shape[1]
-    print(f"raw-text prompt {LOOP_PROMPT!r} ({P} tokens), greedy, max_new_tokens={n_new}")
-    runs = [("no repetition stop", None), ("RepetitionCriteria(4, 3)", RepetitionCriteria(4, 3)),
-            ("RepetitionCriteria(8, 3)", RepetitionCriteria(8, 3))]
-    rows = []
-    for name, criterion in runs:
-        out = model.generate(ids, max_new_tokens=n_new, temperature=0.0, repetition_stop=criterion,
-                             return_dict_in_generate=True)
-        new = out.sequences[0, P:].tolist()
-        print(f"--- {name}: {tok.decode(new)!r}")
-        rows.append((name, out.stop_reasons[0], int(out.num_new_tokens[0])))
-    table(["stopping", "stop reason", "new tokens"], rows)
-    words = [tok.decode([t]) for t in out.sequences[0, P:].tolist()]
-    print(f"the tokens of the last run: {words}")
+    out = model.generate(ids, max_new_tokens=n_new, temperature=0.0, return_dict_in_generate=True)
+    seq = out.sequences
+    print(f"raw-text prompt {LOOP_PROMPT!r} ({P} tokens), greedy, no repetition stop "
+          f"({out.stop_reasons[0]!r} after {int(out.num_new_tokens[0])} tokens):\n   {tok.decode(seq[0, P:].tolist())!r}")
+    print(f"   tokens: {[tok.decode([t]) for t in seq[0, P:].tolist()]}")
+
+    # Replay the same tokens through each criterion, one step at a time, as generate would.
+    table_rows = []
+    for criterion in (RepetitionCriteria(2, 3), RepetitionCriteria(4, 3), RepetitionCriteria(8, 3),
+                      RepetitionCriteria(8, 2)):
+        fired_at = next((k for k in range(1, seq.shape[1] - P + 1)
+                         if criterion(seq[:, :P + k], seq[:, P + k - 1], P)[0]), None)
+        table_rows.append((repr(criterion), "never" if fired_at is None else fired_at,
+                           "-" if fired_at is None else tok.decode(seq[0, P:P + fired_at].tolist())[-30:]))
+    table(["criterion", "would stop after (new tokens)", "text ends with"], table_rows)
+
+    stopped = model.generate(ids, max_new_tokens=n_new, temperature=0.0, return_dict_in_generate=True,
+                             repetition_stop=RepetitionCriteria(8, 3))
+    print(f"generate(..., repetition_stop=RepetitionCriteria(8, 3)): stop reason {stopped.stop_reasons[0]!r} "
+          f"after {int(stopped.num_new_tokens[0])} new tokens (instead of {int(out.num_new_tokens[0])}); "
+          f"same tokens as the replay: {np.array_equal(stopped.sequences[0], seq[0, :stopped.sequences.shape[1]])}")
 
 
 def main(quick: bool = False) -> None:
@@ -420,8 +427,12 @@ def main(quick: bool = False) -> None:
     if pair is None:
         return
     model, tok = pair
-    prompt = chat_ids(tok, CHAT_PROMPT)
-    print(f"chat prompt: {CHAT_PROMPT!r} -> {prompt.shape[1]} tokens with the chat template")
+    if quick:  # a short raw-text prompt keeps the quick run to seconds
+        prompt = np.asarray([tok.encode(QUICK_PROMPT)], dtype=np.int64)
+        print(f"(quick mode: exercises 3 and 4 use the raw-text prompt {QUICK_PROMPT!r} instead of the chat prompt)")
+    else:
+        prompt = chat_ids(tok, CHAT_PROMPT)
+        print(f"chat prompt: {CHAT_PROMPT!r} -> {prompt.shape[1]} tokens with the chat template")
     next_token_distribution(model, tok, prompt)
     exercise3_diversity(model, tok, prompt, quick)
     exercise4_greedy_vs_sampling(model, tok, prompt, quick)

@@ -80,7 +80,7 @@ def token_budget(model, read_bw, gflops):
 
 def measured_speed(model, tok, quick, q_bytes, flops, read_bw, gflops):
     heading("[7.3] measured: prefill and decode of the default model")
-    P = 32 if quick else 256
+    P = 12 if quick else 256
     N = 8 if quick else 64
     prompt = np.array([(tok.encode("The history of science is long. " * 64))[:P]])
     W = min(P, 32)                       # warm-up: compile/load both paths (N >= 16 tiles, N = 1 matvec)
