@@ -22,6 +22,7 @@ Shape legend: R rows (out features), D columns (in features), N inputs, nb block
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Dict, Optional, Sequence, Tuple
@@ -81,7 +82,7 @@ def _as_rows(raw, ggml_type, shape) -> Tuple[np.ndarray, int, int, int]:
     if not shape or any(s <= 0 for s in shape):
         raise ModelFormatError(f"shape must be non-empty with positive sizes, got {shape}")
     cols = shape[-1]
-    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    rows = math.prod(shape[:-1])  # Python ints: a corrupt shape cannot wrap around to a small size
     per_block, block_bytes = BLOCK_LAYOUT[t]
     if cols % per_block:
         raise ModelFormatError(
