@@ -10,6 +10,8 @@ chat template, a render.  It reports
     {"case": ..., "outcome": "loaded" | "npllm_error" | "not_found" | "bad", "stage": ...,
      "error": exception class, "message": ..., "finite": bool, "seconds": ...}
 
+A line holding a JSON object instead of a path runs ``run_quant_case``.
+
 ``bad`` means an exception escaped that is not an ``npllm.errors`` ``ValueError`` (or the
 forward pass gave non-finite logits that generation did not flag); the parent fails on it.
 """
@@ -69,6 +71,38 @@ def run_case(path: str) -> dict:
     return result
 
 
+def run_quant_case(spec: dict) -> dict:
+    """``{"raw": hex, "ggml_type": int, "shape": [...], "api": name}``: the quantized-tensor entry
+    points a loader feeds with numbers read from a file."""
+    import numpy as np
+
+    from npllm.errors import NpllmError
+    from npllm.io import quants
+
+    result = {"case": "quant", "outcome": "loaded", "stage": spec["api"], "error": None, "message": ""}
+    raw = np.frombuffer(bytes.fromhex(spec["raw"]), np.uint8)
+    shape = tuple(spec["shape"])
+    try:
+        if spec["api"] == "dequantize":
+            out = quants.dequantize(raw, spec["ggml_type"], shape)
+        elif spec["api"] == "from_raw":
+            w = quants.QuantizedWeight.from_raw(raw, spec["ggml_type"], shape)
+            out = w.matmul(np.ones((2, w.shape[1]), np.float32))
+            shape = (2, w.shape[0])
+        else:
+            out = quants.as_array_or_quantized(raw, spec["ggml_type"], shape)
+            out = out if isinstance(out, np.ndarray) else out.dequantize()
+        if out.shape != shape or out.dtype != np.float32:
+            raise AssertionError(f"got {out.dtype} {out.shape}, expected float32 {shape}")
+    except NpllmError as e:
+        result.update(outcome="npllm_error" if isinstance(e, ValueError) else "bad", error=type(e).__name__,
+                      message=str(e))
+    except BaseException as e:  # noqa: BLE001
+        result.update(outcome="bad", error=type(e).__name__, message=str(e)[:500],
+                      traceback=traceback.format_exc()[-3000:])
+    return result
+
+
 def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     out = os.fdopen(os.dup(1), "w", buffering=1)  # results go to the real stdout...
@@ -79,7 +113,7 @@ def main() -> None:
         if not path:
             continue
         start = time.perf_counter()
-        result = run_case(path)
+        result = run_quant_case(json.loads(path)) if path.startswith("{") else run_case(path)
         result["seconds"] = round(time.perf_counter() - start, 4)
         out.write(json.dumps(result) + "\n")
         out.flush()

@@ -302,6 +302,7 @@ def _check_header(path: str, size: int) -> None:
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 _MAX_NAME = 1 << 16  # key / tensor name length
+_MAX_ARRAY = 1 << 24  # metadata array items (a vocabulary has ~10**5)
 
 
 class _HeaderScan:
@@ -348,6 +349,8 @@ class _HeaderScan:
             if itype not in _SCALAR_SIZES and itype not in (_STRING, _ARRAY):
                 self.fail(f"unknown array item type {itype}")
             count = self.u64("array count")
+            if count > _MAX_ARRAY:
+                self.fail(f"array count {count} exceeds {_MAX_ARRAY}")
             min_item = _SCALAR_SIZES.get(itype, 8 if itype == _STRING else 12)
             if count * min_item > self.size - self.pos:
                 self.fail(f"array count {count} does not fit in the file")
@@ -396,13 +399,17 @@ class _HeaderScan:
             names.add(name)
             extents.append(self._tensor_info())
         data_start = -(-self.pos // alignment) * alignment
-        for where, offset, n in extents:
+        end, previous = 0, None
+        for where, offset, n in sorted(extents, key=lambda e: e[1]):
             self.where = where
             if offset % alignment:
                 self.fail(f"data offset {offset} is not a multiple of the alignment {alignment}")
             if data_start + offset + n > self.size:
                 self.fail(f"data (offset {offset}, {n} bytes) lies beyond the end of the file "
                           f"({self.size} bytes; truncated?)")
+            if offset < end:
+                self.fail(f"data (offset {offset}) overlaps the data of {previous}")
+            end, previous = offset + n, where
 
     def _tensor_info(self):
         """Dims, type and offset of one tensor -> (where, data offset, data bytes)."""
