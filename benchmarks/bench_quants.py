@@ -79,6 +79,26 @@ def bench_launch(repeat, rng):
     return dict(us_matmul_tiny=med * 1e6, us_kernel_call_tiny=med_raw * 1e6)
 
 
+def bench_stream(repeat):
+    """How fast this machine streams 96 MB right now (one float read per 32 bytes, 2 threads):
+    the floor for a decode step that reads every weight once.  Others share the memory bus."""
+    from numba import prange
+
+    from npllm._jit import njit_parallel
+
+    @njit_parallel
+    def touch(a):
+        total = 0.0
+        for i in prange(a.size // 8):
+            total += a[8 * i]
+        return total
+
+    a = np.ones(96_000_000 // 4, np.float32)
+    med, best = timed(lambda: touch(a), max(5, repeat // 20))
+    print(f"stream 96 MB (memory floor): {med * 1e3:.2f} ms (best {best * 1e3:.2f})  {96e6 / med / 1e9:.1f} GB/s")
+    return dict(ms_median=med * 1e3, ms_best=best * 1e3, gbs=96e6 / med / 1e9)
+
+
 def bench_token(repeat, rng, fused):
     """All 30 layers (distinct weights, ~66 MB) + lm_head (~30 MB), as decode would run them."""
     layers = []
@@ -129,6 +149,7 @@ def main():
     report = {"threads": numba.get_num_threads(), "shapes": bench_shapes(args.repeat, rng),
               "launch": bench_launch(args.repeat, rng)}
     if not args.skip_token:
+        report["stream"] = bench_stream(args.repeat)
         report["token"] = bench_token(args.repeat, rng, fused=False)
         report["token_fused"] = bench_token(args.repeat, rng, fused=True)
     if args.json:
