@@ -11,6 +11,7 @@ The two presets at the bottom are the seed lesson's ``tiny_config`` and
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Union
 
@@ -44,6 +45,7 @@ class ModelConfig:
     model_type: str = "llama"
 
     def __post_init__(self):
+        self._check_types()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads and self.num_attention_heads > 0:
@@ -58,6 +60,39 @@ class ModelConfig:
         self.validate()
 
     # ------------------------------------------------------------------ checks
+    _INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                   "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
+    _FLOAT_FIELDS = ("rms_norm_eps", "rope_theta", "initializer_range")
+    _BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "o_proj_bias", "use_rms_norm")
+
+    def _check_types(self) -> None:
+        """Types first, so later checks can compare numbers (config.json may hold anything)."""
+        for name in self._INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in ("num_key_value_heads", "head_dim"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in self._FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        for name in self._BOOL_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+        for name in ("hidden_act", "model_type"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be an integer token id, got {value!r}")
+        eos = self.eos_token_id
+        eos_list = eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
+        if any(isinstance(e, bool) or not isinstance(e, int) for e in eos_list):
+            raise ConfigError(f"eos_token_id must be an integer or a list of integers, got {eos!r}")
+
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first bad field."""
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -124,7 +159,7 @@ class ModelConfig:
             )
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads")
-        missing = [k for k in required if k not in d]
+        missing = [k for k in required if d.get(k) is None]
         if missing:
             raise ConfigError(f"config is missing required field(s): {', '.join(missing)}")
 
@@ -146,9 +181,7 @@ class ModelConfig:
                 raise ConfigError(f"rope_scaling/rope_parameters type {rope_type!r} is not supported "
                                   "(only the default RoPE is implemented)")
             if "rope_theta" in rope:
-                kw["rope_theta"] = float(rope["rope_theta"])
-        if "rope_theta" in kw:
-            kw["rope_theta"] = float(kw["rope_theta"])
+                kw["rope_theta"] = rope["rope_theta"]
 
         if model_type == "qwen2":
             # Qwen2 always has q/k/v biases and no o_proj bias.

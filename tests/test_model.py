@@ -270,3 +270,16 @@ def test_decode_attention_kernel_equals_reference(rng):
     _decode_attention_kernel(q, k, v, cos, sin, kc2, vc2, length, mask, out)
     assert np.allclose(out, expected, atol=1e-12)
     assert np.allclose(kc2, kc) and np.allclose(vc2, vc)   # both wrote the same cache entries
+
+
+@pytest.mark.parametrize("field,value", [
+    ("hidden_size", "32"), ("hidden_size", -1), ("rms_norm_eps", "nan"), ("rms_norm_eps", float("nan")),
+    ("rope_theta", "x"), ("tie_word_embeddings", "yes"), ("eos_token_id", "x"), ("num_hidden_layers", 2.5),
+    ("hidden_size", None),
+])
+def test_from_dict_names_a_field_of_the_wrong_type(field, value):
+    d = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, model_type="llama")
+    d[field] = value
+    with pytest.raises(ConfigError, match=field):
+        ModelConfig.from_dict(d)
