@@ -178,7 +178,11 @@ def test_python_m_lessons_quick_runs_every_example():
     elapsed = time.perf_counter() - t0
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "FAILED" not in out
+    assert "FAILED" not in out and "Traceback" not in out
+    # Every part of npllm a lesson needs has landed: nothing is skipped except the benchmark
+    # table, which exists only after `make bench` has been run on this machine.
+    skipped = [line for line in out.splitlines() if line.startswith("[TODO]") and "latest.json" not in line]
+    assert not skipped, skipped
     from lessons import LESSONS
     for n in LESSONS:
         assert f"[lesson {n:02d} finished" in out
