@@ -73,8 +73,8 @@ def bench_launch(repeat, rng):
     med, best = timed(lambda: w.matmul(x, out=out), repeat * 10)
     from npllm.io.quant_kernels import MATVEC1, _run
 
-    planes = w._planes
-    med_raw, _ = timed(lambda: _run(MATVEC1, Q4_1, planes[0], planes[1], planes[2], x, out, 0, 2), repeat * 10)
+    pl = w._addresses()
+    med_raw, _ = timed(lambda: _run(MATVEC1, Q4_1, pl, x, out, 0, 2), repeat * 10)
     print(f"tiny 8x32 matmul (launch + Python overhead): {med * 1e6:.1f} us; raw kernel call: {med_raw * 1e6:.1f} us")
     return dict(us_matmul_tiny=med * 1e6, us_kernel_call_tiny=med_raw * 1e6)
 

@@ -269,3 +269,19 @@ def test_default_model_tensors_match_gguf_package(smollm2_gguf):
         np.testing.assert_allclose(w.dequantize(), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
         x = np.random.default_rng(0).standard_normal((1, cols)).astype(np.float32)
         assert_matmul_close(w.matmul(x), x, ref)
+
+
+def test_read_only_memory_mapped_rows_share_the_compiled_kernel():
+    # GGUFReader hands out read-only memory maps; K-quant and dense rows are used in place
+    from npllm.io import quant_kernels
+
+    rng = np.random.default_rng(11)
+    raw = random_blocks(Q4_K, 5, 256, rng)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    QuantizedWeight.from_raw(raw, Q4_K, (5, 256)).matmul(x)  # compiled for writable planes
+    before = set(quant_kernels._run.signatures)
+    frozen = raw.copy()
+    frozen.setflags(write=False)
+    w = QuantizedWeight.from_raw(frozen, Q4_K, (5, 256))
+    assert_matmul_close(w.matmul(x), x, gguf_dequant(raw, Q4_K, 5, 256))
+    assert set(quant_kernels._run.signatures) == before

@@ -27,7 +27,8 @@ row — ``q`` the quants, ``s1`` the fp16 scales d, ``s2`` the fp16 mins m (Q4_1
 32-bit high-bit masks qh (Q5_0).  A row's scales are then contiguous (converted to
 fp32 in one vectorised pass) and its quants 16-byte aligned.  K-quants and
 F32/F16/BF16 keep GGUF's row layout in ``q``.  A plane is passed as ``(address, row
-stride in bytes)``; ``pl = (q, q_stride, s1, s1_stride, s2, s2_stride)``.
+stride in bytes)``; ``pl = (q, q_stride, s1, s1_stride, s2, s2_stride)``, so the
+read-only memory-mapped planes of a GGUF file and writable copies share one compiled kernel.
 
 Shape legend: R output rows (out features), D columns (in features), N inputs.
 """
@@ -760,13 +761,11 @@ def _block_sums(x, width):
 
 
 @njit_parallel
-def _run(op, kind, q, s1, s2, x, out, r0, n_chunks):
+def _run(op, kind, pl, x, out, r0, n_chunks):
     """op MATVEC1: out[0, r] = W[r] . x[0]   (x [1, D], out [1, R]; dequantized in registers)
     op MATVECN: out[n, r] = W[r] . x[n]   (x [N, D], out [N, R]; each row dequantized once)
     op DEQUANT: out[i, :] = W[r0 + i, :]   (out [T, D]; x unused)
-    q, s1, s2: the weight's planes (uint8 [R, bytes per row], C-contiguous).  They are arguments,
-    so they stay alive while the helpers use their addresses (`pl`)."""
-    pl = (addr(q), q.shape[1], addr(s1), s1.shape[1], addr(s2), s2.shape[1])
+    pl: the weight's planes as (address, row stride) pairs (see plane_addresses)."""
     cols = out.shape[1] if op == DEQUANT else x.shape[1]
     n_rows = out.shape[0] if op == DEQUANT else out.shape[1]
     xs = _block_sums(x, 32)  # sums of x[0] over blocks of 32
@@ -791,15 +790,27 @@ def _n_chunks(rows: int) -> int:
     return max(1, min(rows, _CHUNKS))
 
 
-def matvec(kind: int, planes, x: np.ndarray, out: np.ndarray) -> None:
+def plane_addresses(planes):
+    """(q, s1, s2) uint8 C-contiguous arrays -> (q address, q row bytes, s1 ..., s2 ...).
+
+    The kernels take addresses, so one compiled function serves read-only (memory-mapped) and
+    writable planes alike.  The caller must keep the arrays alive (QuantizedWeight does)."""
+    pl = []
+    for p in planes:
+        assert p.dtype == np.uint8 and p.ndim == 2 and p.flags.c_contiguous
+        pl += [p.ctypes.data, p.shape[1]]
+    return tuple(pl)
+
+
+def matvec(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
     """out [N, R] = x [N, D] @ W.T for small N (trusted: float32, C-contiguous, shapes checked)."""
-    op = MATVEC1 if x.shape[0] == 1 else MATVECN
-    _run(op, kind, planes[0], planes[1], planes[2], x, out, 0, _n_chunks(out.shape[1]))
+    rows = out.shape[1]
+    _run(MATVEC1 if x.shape[0] == 1 else MATVECN, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
 
 
 _NO_X = np.zeros((1, 32), np.float32)
 
 
-def dequant_rows(kind: int, planes, r0: int, out: np.ndarray) -> None:
+def dequant_rows(kind: int, pl, r0: int, out: np.ndarray) -> None:
     """out [T, D] = W[r0 : r0 + T] as float32 (trusted inputs)."""
-    _run(DEQUANT, kind, planes[0], planes[1], planes[2], _NO_X, out, r0, _n_chunks(out.shape[0]))
+    _run(DEQUANT, kind, pl, _NO_X, out, r0, _n_chunks(out.shape[0]))

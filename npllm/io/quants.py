@@ -271,11 +271,16 @@ def _use_reference() -> bool:
 _scratch = threading.local()
 
 
+_KERNELS = []
+
+
 def _kernels():
     """The Numba kernels module, imported on first use (importing it loads Numba's extension API)."""
-    from . import quant_kernels
+    if not _KERNELS:
+        from . import quant_kernels
 
-    return quant_kernels
+        _KERNELS.append(quant_kernels)
+    return _KERNELS[0]
 
 
 def _tile_buffer(rows: int, cols: int) -> np.ndarray:
@@ -297,7 +302,13 @@ class QuantizedWeight:
     def __init__(self, ggml_type: int, shape: Tuple[int, int], planes):
         self.ggml_type = int(ggml_type)
         self.shape = (int(shape[0]), int(shape[1]))
-        self._planes = planes  # (q, s1, s2): see quant_kernels.py
+        self._planes = planes  # (q, s1, s2) uint8 [R, bytes]: see quant_kernels.py
+        self._pl = None  # their addresses, for the kernels (valid while _planes lives)
+
+    def _addresses(self):
+        if self._pl is None:
+            self._pl = _kernels().plane_addresses(self._planes)
+        return self._pl
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -368,7 +379,7 @@ class QuantizedWeight:
             raw = self.raw()[r0:r1]
             out[...] = dequantize_ref(raw, self.ggml_type, (r1 - r0, self.shape[1]))
         else:
-            _kernels().dequant_rows(self.ggml_type, self._planes, r0, out)
+            _kernels().dequant_rows(self.ggml_type, self._addresses(), r0, out)
         return out
 
     def take_rows(self, ids) -> np.ndarray:
@@ -412,7 +423,7 @@ class QuantizedWeight:
         elif n >= PREFILL_MIN_N:
             self._matmul_tiles(x2, out)
         else:
-            _kernels().matvec(self.ggml_type, self._planes, x2, out)
+            _kernels().matvec(self.ggml_type, self._addresses(), x2, out)
         return out[0] if vector else out
 
     def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
