@@ -160,6 +160,10 @@ def test_matmul_vector_input_and_out_buffer():
         w.matmul(x[None], out=np.empty((1, 32), np.float32))
     with pytest.raises(ValueError, match="64"):
         w.matmul(np.ones((2, 63), np.float32))
+    assert w.matmul(np.ones((0, 64), np.float32)).shape == (0, 33)
+    # float64 or strided inputs are converted
+    x64 = rng.standard_normal((3, 128))[:, ::2]
+    np.testing.assert_allclose(w.matmul(x64), w.matmul(np.ascontiguousarray(x64, np.float32)), rtol=1e-6)
 
 
 def test_reference_mode_uses_numpy_dequantization():

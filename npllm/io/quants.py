@@ -420,7 +420,9 @@ class QuantizedWeight:
             out = np.empty((n, rows), np.float32)
         elif out.shape != (n, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f"matmul: out must be C-contiguous float32 [{n}, {rows}], got {out.dtype} {out.shape}")
-        if _use_reference():
+        if n == 0:
+            pass
+        elif _use_reference():
             out[...] = x2 @ self.dequantize_ref().T
         elif n >= PREFILL_MIN_N:
             self._matmul_tiles(x2, out)
