@@ -6,18 +6,24 @@ fp16 scales.  A 4-bit block of 32 weights takes 18-20 bytes instead of 128, whic
 is why a 135M-parameter model fits in ~100 MB and decodes fast: decoding a token
 reads every weight once, so fewer bytes means more tokens per second.
 
-This module has, for each supported type, a short NumPy reference dequantizer
-(``dequantize_ref``; the block layout is drawn in the comment above each one) and
+This module has, for each supported type, a short NumPy reference dequantizer (the
+block layout is drawn in the comment above each ``_dequant_*``) and
 ``QuantizedWeight``, the object that keeps a weight quantized in memory and
-multiplies by it (the fast Numba kernels are in ``quant_kernels.py``, lesson 07).
-It matches ``gguf.quants.dequantize`` (the gguf package) and what HF transformers'
-GGUF loader produces (``modeling_gguf_pytorch_utils``), value for value.
+multiplies by it (its Numba kernels are in ``quant_kernels.py``, lesson 07).  The
+references match ``gguf.quants.dequantize`` (the gguf package) value for value, which
+is what HF transformers' GGUF loader uses.
 
     w = QuantizedWeight.from_raw(tensor.data, tensor.tensor_type, shape=(rows, cols))
     y = w.matmul(x)          # x [N, cols] -> y [N, rows] = x @ W.T, W never materialised
     W = w.dequantize()       # float32 [rows, cols]
 
-Shape legend: R rows (out features), D columns (in features), N inputs, nb blocks per row.
+Public names: ``dequantize`` / ``dequantize_ref`` (raw bytes -> float32),
+``QuantizedWeight`` (``from_raw``, ``concat_rows``, ``shape``, ``ggml_type``,
+``type_name``, ``nbytes``, ``raw``, ``dequantize``, ``take_rows``, ``permute_rows``,
+``matmul``), ``as_array_or_quantized`` (the loader's helper), ``type_name``,
+``BLOCK_LAYOUT``, ``GGML_TYPE_NAMES`` and the type ids ``F32 ... BF16``.
+
+Shape legend: R rows (out features), D columns (in features), N inputs.
 """
 
 from __future__ import annotations
