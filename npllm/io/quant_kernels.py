@@ -74,6 +74,11 @@ def _at(builder, p, offset, elem):
     return builder.gep(base, [offset], inbounds=True)
 
 
+def _load(builder, ptr, typ, align):
+    """Load a `typ` from pointer ptr (works with typed and opaque-pointer llvmlite versions)."""
+    return builder.load(builder.bitcast(ptr, typ.as_pointer()), align=align)
+
+
 def _splat_i32(builder, value):
     v = builder.insert_element(ir.Constant(_V8I, ir.Undefined), value, ir.Constant(_I32, 0))
     return builder.shuffle_vector(v, v, ir.Constant(_V8I, [0] * 8))
@@ -81,7 +86,7 @@ def _splat_i32(builder, value):
 
 def _load_bytes8(builder, p, off):
     """8 bytes at address p + off, zero-extended to <8 x i32>."""
-    b = builder.load(_at(builder, p, off, _I8), align=1, typ=ir.VectorType(_I8, 8))
+    b = _load(builder, _at(builder, p, off, _I8), ir.VectorType(_I8, 8), 1)
     return builder.zext(b, _V8I)
 
 
@@ -119,7 +124,7 @@ def vload(typingctx, p, i):
     """float32 p[i : i + 8]"""
 
     def codegen(context, builder, sig, args):
-        return builder.load(_at(builder, args[0], args[1], ir.FloatType()), align=4, typ=_V8F)
+        return _load(builder, _at(builder, args[0], args[1], ir.FloatType()), _V8F, 4)
 
     return f32x8(p, i), codegen
 
@@ -203,7 +208,7 @@ def _bytes_op(kind):
     def op(typingctx, p, off):
         def codegen(context, builder, sig, args):
             if kind == "i8":  # signed bytes (Q8_0 quants)
-                b = builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=ir.VectorType(_I8, 8))
+                b = _load(builder, _at(builder, args[0], args[1], _I8), ir.VectorType(_I8, 8), 1)
                 return builder.sitofp(builder.sext(b, _V8I), _V8F)
             w = _load_bytes8(builder, args[0], args[1])  # widened first: no re-masking after a shift
             if kind == "lo4":
@@ -227,7 +232,7 @@ def vbits(typingctx, p, off, first):
     """float((u >> (first + i)) & 1) for lanes i = 0..7; u = the little-endian uint32 at p + off."""
 
     def codegen(context, builder, sig, args):
-        word = _splat_i32(builder, builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=_I32))
+        word = _splat_i32(builder, _load(builder, _at(builder, args[0], args[1], _I8), _I32, 1))
         shifts = builder.add(_splat_i32(builder, builder.trunc(args[2], _I32)), ir.Constant(_V8I, list(range(8))))
         bits = builder.and_(builder.lshr(word, shifts), ir.Constant(_V8I, [1] * 8))
         return builder.uitofp(bits, _V8F)
@@ -257,7 +262,7 @@ def vf16(typingctx, p, off):
     """8 IEEE halves at p + off -> 8 float lanes (one vcvtph2ps)."""
 
     def codegen(context, builder, sig, args):
-        h = builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=ir.VectorType(ir.HalfType(), 8))
+        h = _load(builder, _at(builder, args[0], args[1], _I8), ir.VectorType(ir.HalfType(), 8), 1)
         return builder.fpext(h, _V8F)
 
     return f32x8(p, off), codegen
@@ -268,7 +273,7 @@ def vbf16(typingctx, p, off):
     """8 bfloat16 at p + off -> 8 float lanes (a bf16 is the top half of an fp32)."""
 
     def codegen(context, builder, sig, args):
-        h = builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=ir.VectorType(_I16, 8))
+        h = _load(builder, _at(builder, args[0], args[1], _I8), ir.VectorType(_I16, 8), 1)
         return builder.bitcast(builder.shl(builder.zext(h, _V8I), ir.Constant(_V8I, [16] * 8)), _V8F)
 
     return f32x8(p, off), codegen
@@ -279,7 +284,7 @@ def vf32(typingctx, p, off):
     """8 float32 at byte offset off (F32 rows are stored as bytes)."""
 
     def codegen(context, builder, sig, args):
-        return builder.load(_at(builder, args[0], args[1], _I8), align=1, typ=_V8F)
+        return _load(builder, _at(builder, args[0], args[1], _I8), _V8F, 1)
 
     return f32x8(p, off), codegen
 
@@ -289,15 +294,15 @@ def _scalar_op(kind):
         def codegen(context, builder, sig, args):
             ptr = _at(builder, args[0], args[1], _I8)
             if kind == "u8":
-                return builder.zext(builder.load(ptr, align=1, typ=_I8), _I64)
+                return builder.zext(_load(builder, ptr, _I8, 1), _I64)
             if kind == "i8":
-                return builder.sext(builder.load(ptr, align=1, typ=_I8), _I64)
+                return builder.sext(_load(builder, ptr, _I8, 1), _I64)
             if kind == "f16":
-                return builder.fpext(builder.load(ptr, align=1, typ=ir.HalfType()), ir.FloatType())
+                return builder.fpext(_load(builder, ptr, ir.HalfType(), 1), ir.FloatType())
             if kind == "bf16":
-                w = builder.zext(builder.load(ptr, align=1, typ=_I16), _I32)
+                w = builder.zext(_load(builder, ptr, _I16, 1), _I32)
                 return builder.bitcast(builder.shl(w, ir.Constant(_I32, 16)), ir.FloatType())
-            return builder.load(ptr, align=1, typ=ir.FloatType())  # f32
+            return _load(builder, ptr, ir.FloatType(), 1)  # f32
 
         restype = types.int64 if kind in ("u8", "i8") else types.float32
         return restype(p, off), codegen
