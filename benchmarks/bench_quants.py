@@ -6,6 +6,10 @@ every weight once per token, so the figure of merit is GB/s of weight bytes.
 
     python benchmarks/bench_quants.py [--threads 2] [--repeat 200] [--json out.json]
 
+On a shared machine, run it with NUMBA_THREADING_LAYER=tbb (pip package ``tbb``): with
+OpenMP, a parallel call waits for a worker thread that another process has pushed off its
+core (milliseconds per call); TBB's work stealing lets the calling thread do that work.
+
 Prints, after JIT warm-up, the median (and best) time per call for each shape at
 N = 1 and N = 8 inputs, the effective GB/s, the cost of an empty parallel launch,
 and a whole-token estimate that streams 30 distinct layers (so weights come from
@@ -144,10 +148,12 @@ def main():
 
     if args.threads:
         numba.set_num_threads(args.threads)
-    print(f"numba threads: {numba.get_num_threads()}, threading layer: {numba.config.THREADING_LAYER}")
     rng = np.random.default_rng(0)
-    report = {"threads": numba.get_num_threads(), "shapes": bench_shapes(args.repeat, rng),
-              "launch": bench_launch(args.repeat, rng)}
+    random_weight(8, 32, Q4_1, rng).matmul(np.ones((1, 32), np.float32))  # starts the thread pool
+    layer = numba.threading_layer()
+    print(f"numba threads: {numba.get_num_threads()}, threading layer: {layer}")
+    report = {"threads": numba.get_num_threads(), "threading_layer": layer,
+              "shapes": bench_shapes(args.repeat, rng), "launch": bench_launch(args.repeat, rng)}
     if not args.skip_token:
         report["stream"] = bench_stream(args.repeat)
         report["token"] = bench_token(args.repeat, rng, fused=False)
