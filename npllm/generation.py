@@ -167,6 +167,25 @@ def _forward(model, ids, mask, cache, positions, keep_last):
     return np.asarray(logits)[:, -1, :], cache  # [B, V]
 
 
+PREFILL_CHUNK = 256
+
+
+def _prefill(model, ids, mask, cache, positions, keep_last):
+    """Run the prompt through the cache, ``PREFILL_CHUNK`` tokens at a time.
+
+    Chunking gives the same logits and caps the attention scores at
+    [B, H, chunk, S] instead of [B, H, T0, T0] (1.4 GB for a 2k prompt).
+    """
+    T0 = ids.shape[1]
+    if cache is None or T0 <= PREFILL_CHUNK:
+        return _forward(model, ids, mask, cache, positions, keep_last)
+    for start in range(0, T0, PREFILL_CHUNK):
+        end = min(start + PREFILL_CHUNK, T0)
+        logits, cache = _forward(model, ids[:, start:end], mask[:, :end], cache, positions[:, start:end],
+                                 keep_last)
+    return logits, cache
+
+
 def _check_finite(logits, live, step):
     bad = live & ~np.isfinite(logits).all(axis=1)
     if bad.any():
@@ -309,7 +328,7 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
         cache = model.new_cache(B, T0 + max_new_tokens) if hasattr(model, "new_cache") else None
         positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)  # [B, T0] as HF
-        logits, cache = _forward(model, ids, mask, cache, positions, keep_last)  # prefill
+        logits, cache = _prefill(model, ids, mask, cache, positions, keep_last)
         for step in range(max_new_tokens):
             S = T0 + step
             _check_finite(logits, live, step)

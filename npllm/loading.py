@@ -47,10 +47,11 @@ def _load_model(path: str, dtype, dequantize: bool, progress: bool):
         tensors = dict(_progress(ckpt.tensors.items(), len(ckpt.tensors), "loading", progress))
         config = ckpt.config
     elif path.endswith(".gguf"):
-        from .io.gguf import read_gguf
+        from .io.gguf import clear_reader_cache, read_gguf
         from .io.quants import as_array_or_quantized, dequantize as dequantize_raw
 
         ckpt = read_gguf(path)
+        clear_reader_cache()  # drop the parser's per-field objects; the tensors keep the file mapped
         config = ckpt.config
         tensors = {}
         for key, raw in _progress(ckpt.tensors.items(), len(ckpt.tensors), "loading", progress):

@@ -391,3 +391,22 @@ def test_prompt_longer_than_max_positions_names_both_lengths_or_truncates():
     out = model.generate(ids[:, :14], max_new_tokens=10, temperature=0, return_dict_in_generate=True,
                          eos_token_id=[])
     assert out.sequences.shape == (1, 16) and out.stop_reasons == ["length"]
+
+
+def test_chunked_prefill_gives_the_same_scores_as_one_pass(monkeypatch):
+    from npllm import CausalLM, ModelConfig
+    from npllm import generation
+
+    config = ModelConfig(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = CausalLM(config, seed=3, dtype=np.float64)
+    ids = np.random.default_rng(4).integers(0, 60, size=(2, 23))
+    mask = np.ones_like(ids)
+    mask[1, :5] = 0
+    kw = dict(max_new_tokens=5, temperature=0, attention_mask=mask, eos_token_id=[],
+              return_dict_in_generate=True, output_scores=True)
+    whole = model.generate(ids, **kw)
+    monkeypatch.setattr(generation, "PREFILL_CHUNK", 4)   # 23 tokens -> 6 chunks
+    chunked = model.generate(ids, **kw)
+    assert np.array_equal(whole.sequences, chunked.sequences)
+    assert max(np.abs(a - b).max() for a, b in zip(whole.scores, chunked.scores)) < 1e-10

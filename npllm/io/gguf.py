@@ -435,6 +435,11 @@ class _HeaderScan:
 _CACHE_MIN_BYTES = 1 << 20  # small files parse fast; don't let them evict a real model
 
 
+def clear_reader_cache() -> None:
+    """Forget parsed readers: frees their metadata objects and unmaps files no weight still uses."""
+    _open_reader.cache_clear()
+
+
 @functools.lru_cache(maxsize=2)
 def _open_reader(real_path: str, size: int, mtime_ns: int):
     """Parse the file once per (path, size, mtime): GGUFReader takes seconds on a large vocabulary."""
