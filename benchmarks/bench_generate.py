@@ -238,7 +238,7 @@ def run_round(args, engine):
         shutil.rmtree(cache, ignore_errors=True)
 
 
-COLUMNS = [  # key, header, unit format, higher is better
+COLUMNS = [  # result key, header, number format
     ("decode_b1_tok_s", "decode b1 (tok/s)", "{:.1f}"),
     ("prefill_tok_s", "prefill 512 (tok/s)", "{:.0f}"),
     ("decode_b8_tok_s", "decode b8 aggregate (tok/s)", "{:.1f}"),
@@ -249,8 +249,11 @@ COLUMNS = [  # key, header, unit format, higher is better
 ]
 
 
-def summarize(engine, rounds):
-    """Medians over rounds of one engine's metrics; rounds = list of [child results]."""
+def summarize(rounds):
+    """Medians and spreads (max / min) over rounds of one engine's metrics.
+
+    rounds: list of [child results] -> ({metric: median}, {metric: max / min})
+    """
     values = {}
     for children in rounds:
         full = [c for c in children if c["ok"] and c["phase"] == "full"]
@@ -264,18 +267,15 @@ def summarize(engine, rounds):
         row["import_s"] = f["import_s"]
         for k, v in row.items():
             values.setdefault(k, []).append(v)
-    return {k: statistics.median(v) for k, v in values.items()}, {k: len(v) for k, v in values.items()}
+    medians = {k: statistics.median(v) for k, v in values.items()}
+    spreads = {k: max(v) / min(v) for k, v in values.items() if len(v) > 1 and min(v) > 0}
+    return medians, spreads
 
 
-def first_error(rounds):
-    for children in rounds:
-        for c in children:
-            if not c["ok"]:
-                return c.get("error", "unknown error")
-    return None
+NOISY = 1.25   # a column whose max / min over rounds exceeds this is flagged below the table
 
 
-def render(args, command, engines, results, summaries, versions):
+def render(args, command, engines, results, summaries, spreads, versions):
     base = summaries.get("npllm", {})
     lines = [
         "### npllm vs peers",
@@ -318,6 +318,11 @@ def render(args, command, engines, results, summaries, versions):
     ref = summaries_tokens(results)
     if ref:
         notes.append(ref)
+    headers = {k: h for k, h, _ in COLUMNS}
+    noisy = [f"{e} {headers[k]} {s:.2f}x" for e in engines for k, s in spreads.get(e, {}).items()
+             if k in headers and s > NOISY]
+    if noisy:
+        notes.append(f"- Noisy (max / min over rounds > {NOISY}): " + ", ".join(noisy))
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
@@ -383,15 +388,14 @@ def parent_main(args, argv):
                     shown = {k: round(c[k], 2) for k, *_ in COLUMNS if k in c}
                     print(f"  {c['phase']}: first token {c['first_token_s']:.2f}s {shown}", file=sys.stderr)
 
-    summaries, versions = {}, {}
+    summaries, spreads, versions = {}, {}, {}
     for e in engines:
         ok_rounds = [ch for ch in results[e]["rounds"] if all(c["ok"] for c in ch)]
-        summaries[e], _ = summarize(e, ok_rounds)
+        summaries[e], spreads[e] = summarize(ok_rounds)
         if ok_rounds:
-            summaries[e] = summaries[e]
             for c in ok_rounds[0]:
                 versions.update({k: v for k, v in c.get("versions", {}).items() if k != "system_info"})
-    table = render(args, command, engines, results, summaries, versions)
+    table = render(args, command, engines, results, summaries, spreads, versions)
     print(table)
 
     out = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -399,7 +403,7 @@ def parent_main(args, argv):
            "model": args.model, "model_bytes": os.path.getsize(args.model),
            "settings": {k: getattr(args, k) for k in ("new_tokens", "prefill_tokens", "prefill_reps",
                                                        "batch_size", "repeats")},
-           "versions": versions, "medians": summaries,
+           "versions": versions, "medians": summaries, "spreads": spreads,
            "ratios_to_npllm": {e: {k: v / summaries["npllm"][k] for k, v in s.items()
                                    if summaries.get("npllm", {}).get(k)}
                                for e, s in summaries.items() if e != "npllm"},
