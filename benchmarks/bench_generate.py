@@ -275,7 +275,7 @@ def summarize(rounds):
 NOISY = 1.25   # a column whose max / min over rounds exceeds this is flagged below the table
 
 
-def render(args, command, engines, results, summaries, spreads, versions):
+def render(args, command, engines, results, summaries, spreads, versions, rounds_done):
     base = summaries.get("npllm", {})
     lines = [
         "### npllm vs peers",
@@ -285,7 +285,8 @@ def render(args, command, engines, results, summaries, spreads, versions):
         f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), threads: {args.threads}",
         f"- Model: `{os.path.basename(args.model)}` ({os.path.getsize(args.model) / 1e6:.1f} MB)",
         f"- {args.new_tokens} new greedy tokens; prefill of {args.prefill_tokens} tokens; "
-        f"batch {args.batch_size}; median of {args.repeats} round(s), engines alternating",
+        f"batch {args.batch_size}; median of {rounds_done} round(s), engines alternating"
+        + ("" if rounds_done == args.repeats else f" (incomplete: {args.repeats} planned)"),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "- Cells of peers: value (peer / npllm). tok/s: higher is better; MB and s: lower is better.",
         "",
@@ -387,7 +388,14 @@ def parent_main(args, argv):
                 if c["ok"]:
                     shown = {k: round(c[k], 2) for k, *_ in COLUMNS if k in c}
                     print(f"  {c['phase']}: first token {c['first_token_s']:.2f}s {shown}", file=sys.stderr)
+        write_report(args, command, engines, results, rounds_done=r + 1)     # partial results
+    print(write_report(args, command, engines, results, rounds_done=args.repeats))
+    print(f"\n(JSON written to {os.path.relpath(args.out)})", file=sys.stderr)
+    return 0
 
+
+def write_report(args, command, engines, results, rounds_done):
+    """Medians, table and raw results -> args.out (after every round); returns the table."""
     summaries, spreads, versions = {}, {}, {}
     for e in engines:
         ok_rounds = [ch for ch in results[e]["rounds"] if all(c["ok"] for c in ch)]
@@ -395,10 +403,9 @@ def parent_main(args, argv):
         if ok_rounds:
             for c in ok_rounds[0]:
                 versions.update({k: v for k, v in c.get("versions", {}).items() if k != "system_info"})
-    table = render(args, command, engines, results, summaries, spreads, versions)
-    print(table)
-
+    table = render(args, command, engines, results, summaries, spreads, versions, rounds_done)
     out = {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+           "complete": rounds_done == args.repeats, "rounds_done": rounds_done,
            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
            "model": args.model, "model_bytes": os.path.getsize(args.model),
            "settings": {k: getattr(args, k) for k in ("new_tokens", "prefill_tokens", "prefill_reps",
@@ -409,10 +416,11 @@ def parent_main(args, argv):
                                for e, s in summaries.items() if e != "npllm"},
            "results": results, "table_markdown": table}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
-    print(f"\n(JSON written to {os.path.relpath(args.out)})", file=sys.stderr)
-    return 0
+    os.replace(tmp, args.out)
+    return table
 
 
 def parse_args(argv):
