@@ -11,7 +11,7 @@ matmul broadcast K/V over the group axis; the kernel simply reads K/V head
 
 import numpy as np
 
-from .._jit import njit_parallel, prange, reference_mode
+from .._jit import njit, njit_parallel, prange, reference_mode
 from .softmax import softmax_ref
 
 
@@ -40,44 +40,49 @@ def attention_ref(q, k, v, allowed):
     return (att @ v[:, :, None]).reshape(B, H, T, Dh)                   # [B, H, T, Dh]
 
 
+@njit
+def _attend_one(q, k, v, allowed, out):
+    # One query against its keys. q: [Dh]; k, v: [S, Dh]; allowed: [S]; out: [Dh]
+    S, Dh = k.shape
+    scale = 1.0 / np.sqrt(Dh)
+    scores = np.empty(S, dtype=q.dtype)
+    m = -np.inf
+    for s in range(S):
+        if allowed[s]:
+            dot = 0.0
+            for d in range(Dh):
+                dot += q[d] * k[s, d]
+            scores[s] = dot * scale
+            if scores[s] > m:
+                m = scores[s]
+        else:
+            scores[s] = -np.inf
+    out[:] = 0.0
+    if m == -np.inf:                     # fully masked query: output zeros
+        return
+    total = 0.0
+    for s in range(S):
+        if scores[s] != -np.inf:
+            p = np.exp(scores[s] - m)    # softmax numerator, weights v on the fly
+            total += p
+            for d in range(Dh):
+                out[d] += p * v[s, d]
+    inv = 1.0 / total
+    for d in range(Dh):
+        out[d] *= inv
+
+
 @njit_parallel
 def _attention_kernel(q, k, v, allowed, out):
     # q, out: [B, H, T, Dh]; k, v: [B, Hkv, S, Dh]; allowed: [B, T, S]
     B, H, T, Dh = q.shape
-    Hkv = k.shape[1]
-    S = k.shape[2]
-    G = H // Hkv
-    scale = 1.0 / np.sqrt(Dh)
+    G = H // k.shape[1]
     for bh in prange(B * H):
         b = bh // H
         h = bh % H
         kh = h // G                      # the K/V head this query head reads
-        scores = np.empty(S, dtype=q.dtype)
         for t in range(T):
-            m = -np.inf
-            for s in range(S):
-                if allowed[b, t, s]:
-                    dot = 0.0
-                    for d in range(Dh):
-                        dot += q[b, h, t, d] * k[b, kh, s, d]
-                    scores[s] = dot * scale
-                    if scores[s] > m:
-                        m = scores[s]
-                else:
-                    scores[s] = -np.inf
-            out[b, h, t, :] = 0.0
-            if m == -np.inf:             # fully masked query: output zeros
-                continue
-            total = 0.0
-            for s in range(S):
-                if scores[s] != -np.inf:
-                    p = np.exp(scores[s] - m)
-                    total += p
-                    for d in range(Dh):
-                        out[b, h, t, d] += p * v[b, kh, s, d]
-            inv = 1.0 / total
-            for d in range(Dh):
-                out[b, h, t, d] *= inv
+            _attend_one(q[b, h, t], k[b, kh], v[b, kh], allowed[b, t], out[b, h, t])
 
 
 def attention(q, k, v, allowed):
@@ -123,7 +128,6 @@ def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_ma
     G = H // Hkv
     half = Dh // 2
     S = length + 1
-    scale = 1.0 / np.sqrt(Dh)
     for b in range(B):                       # 1. rotate k and append k, v to the cache
         for h in range(Hkv):
             base = h * Dh
@@ -137,7 +141,6 @@ def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_ma
     for bh in prange(B * H):                 # 2. each query head attends over the cache
         b = bh // H
         h = bh % H
-        kh = h // G
         base = h * Dh
         qr = np.empty(Dh, dtype=q.dtype)
         for i in range(half):
@@ -145,32 +148,8 @@ def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_ma
             x2 = q[b, base + i + half]
             qr[i] = x1 * cos[b, 0, i] - x2 * sin[b, 0, i]
             qr[i + half] = x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]
-        scores = np.empty(S, dtype=q.dtype)
-        m = -np.inf
-        for s in range(S):
-            if key_mask[b, s] != 0:
-                dot = 0.0
-                for d in range(Dh):
-                    dot += qr[d] * k_cache[b, kh, s, d]
-                scores[s] = dot * scale
-                if scores[s] > m:
-                    m = scores[s]
-            else:
-                scores[s] = -np.inf
-        for d in range(Dh):
-            out[b, base + d] = 0.0
-        if m == -np.inf:
-            continue
-        total = 0.0
-        for s in range(S):
-            if scores[s] != -np.inf:
-                p = np.exp(scores[s] - m)
-                total += p
-                for d in range(Dh):
-                    out[b, base + d] += p * v_cache[b, kh, s, d]
-        inv = 1.0 / total
-        for d in range(Dh):
-            out[b, base + d] *= inv
+        kh = h // G
+        _attend_one(qr, k_cache[b, kh, :S], v_cache[b, kh, :S], key_mask[b, :S], out[b, base:base + Dh])
 
 
 def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=None):
