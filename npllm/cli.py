@@ -101,7 +101,7 @@ def cmd_generate(args) -> int:
     if prompt is None:
         prompt = sys.stdin.read()
     if not prompt:
-        raise _usage("the prompt is empty")
+        raise _UsageError("the prompt is empty")
     model, tok = _load(args)
     if args.chat:
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
@@ -191,10 +191,6 @@ def cmd_perplexity(args) -> int:
 
 class _UsageError(Exception):
     pass
-
-
-def _usage(msg):
-    return _UsageError(msg)
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ by ``stride``; each window scores only the tokens not scored before.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,7 @@ def perplexity(model, tokenizer, text: str, context: int = 512, stride=None, pro
     iterator = windows
     if progress:
         from tqdm import tqdm
-        iterator = tqdm(windows, desc="perplexity", unit="chunk", file=__import__("sys").stderr)
+        iterator = tqdm(windows, desc="perplexity", unit="chunk", file=sys.stderr)
     total, count = 0.0, 0
     for chunk, first in iterator:
         logits, _ = model.forward(chunk[None])                        # [1, T, V]
