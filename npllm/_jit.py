@@ -11,6 +11,13 @@ ops dispatch to their vectorised NumPy ``*_ref`` twins instead of kernels.
 
 import os
 
+# Numba's OpenMP workers (GNU libgomp) spin ~10 ms after each parallel loop before they sleep.
+# Meanwhile they compete with BLAS threads (prefill) and other processes for the cores.  A
+# shorter spin (~0.5 ms here) keeps decode's back-to-back kernels fast and frees the cores
+# soon after.  libgomp reads this when Numba first loads it; a user's own setting wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import numba
 from numba import prange  # noqa: F401  (re-exported for kernels)
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from npllm import _jit
 from npllm.ops import attention, attention_ref, causal_padding_mask, layer_norm, rms_norm, softmax
-from npllm.ops.attention import _attention_kernel
+from npllm.ops.attention import _attention_kernel, attention_blocked
 from npllm.ops.mlp import swiglu, swiglu_ref
 from npllm.ops.norm import layer_norm_ref, rms_norm_ref
 from npllm.ops.rope import apply_rope, apply_rope_ref, rope_cos_sin
@@ -76,8 +76,9 @@ def test_norm_kernels_equal_reference_and_torch(x):
 
 
 # --------------------------------------------------------------------------- SwiGLU
-@given(rows(), rows())
+@given(rows(max_rows=40), rows(max_rows=40))
 def test_swiglu_kernel_equals_reference_and_torch(g, u):
+    # up to 15 rows: the fused Numba loop; 16 and more (prefill): in-place NumPy passes
     u = np.resize(u, g.shape)
     expected = (F.silu(torch.from_numpy(g)) * torch.from_numpy(u)).numpy()
     assert np.allclose(swiglu(g, u), expected, atol=1e-10)
@@ -140,6 +141,38 @@ def test_attention_kernel_equals_reference_and_torch(rng, H, Hkv, T, past):
     assert np.allclose(ref, expected, atol=1e-12)
     assert np.allclose(ker, expected, atol=1e-12)
     assert np.allclose(attention(q, k, v, allowed), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (9, 3), (4, 1)])
+@pytest.mark.parametrize("T,past,block", [(40, 0, 16), (37, 5, 8), (20, 0, 96)])
+def test_blocked_prefill_attention_equals_torch(rng, H, Hkv, T, past, block):
+    # Prefill path (T > 16): blocks of queries see only the keys they may; left padding in
+    # row 1 makes its first queries fully masked (torch's NaN rows are zeros in npllm).
+    B, Dh = 2, 8
+    S = past + T
+    q = rng.normal(size=(B, H, T, Dh))
+    k, v = rng.normal(size=(B, Hkv, S, Dh)), rng.normal(size=(B, Hkv, S, Dh))
+    mask = np.ones((B, S), np.int64)
+    mask[1, :past + 11] = 0
+    allowed = causal_padding_mask(mask, past, T)
+    expected = torch_attention(q, k, v, allowed)
+    assert np.allclose(attention_blocked(q, k, v, allowed, block=block), expected, atol=1e-12)
+    assert np.allclose(attention(q, k, v, allowed), expected, atol=1e-12)
+    q32, k32, v32 = (a.astype(np.float32) for a in (q, k, v))
+    assert np.abs(attention(q32, k32, v32, allowed) - expected).max() < 1e-5
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_blocked_attention_equals_reference_on_any_mask(T, block, seed):
+    # Arbitrary (not only causal) masks, including rows and whole blocks with no visible key.
+    rng = np.random.default_rng(seed)
+    B, H, Hkv, Dh, S = 2, 4, 2, 4, T + int(rng.integers(0, 4))
+    q = rng.normal(size=(B, H, T, Dh))
+    k, v = rng.normal(size=(B, Hkv, S, Dh)), rng.normal(size=(B, Hkv, S, Dh))
+    allowed = rng.random((B, T, S)) < rng.choice([0.0, 0.1, 0.5, 1.0])
+    assert np.allclose(attention_blocked(q, k, v, allowed, block=block),
+                       attention_ref(q, k, v, allowed), atol=1e-12)
 
 
 def test_causal_mask_blocks_the_future_and_padding():

@@ -816,6 +816,22 @@ def matvec(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
 _NO_X = np.zeros((1, 32), np.float32)
 
 
-def dequant_rows(kind: int, pl, r0: int, out: np.ndarray) -> None:
-    """out [T, D] = W[r0 : r0 + T] as float32 (trusted inputs)."""
-    _run(DEQUANT, kind, pl, _NO_X, out, r0, _n_chunks(out.shape[0]))
+@njit
+def _deq_rows_serial(kind, pl, r0, out):
+    # the DEQUANT op on the calling thread only (see dequant_rows)
+    cols = out.shape[1]
+    dt = np.empty(cols // 32 + 1, np.float32)
+    mt = np.empty(cols // 32 + 1, np.float32)
+    _deq_rows(kind, pl, r0, r0 + out.shape[0], out, 0, dt, mt)
+
+
+def dequant_rows(kind: int, pl, r0: int, out: np.ndarray, parallel: bool = True) -> None:
+    """out [T, D] = W[r0 : r0 + T] as float32 (trusted inputs).
+
+    ``parallel=False`` keeps the work on the calling thread.  Prefill uses it between BLAS
+    calls: dequantizing a tile is ~50x cheaper than multiplying by it, and Numba's OpenMP
+    workers, once woken, spin for a while and slow the BLAS threads that come next."""
+    if parallel:
+        _run(DEQUANT, kind, pl, _NO_X, out, r0, _n_chunks(out.shape[0]))
+    else:
+        _deq_rows_serial(kind, pl, r0, out)

@@ -380,14 +380,15 @@ class QuantizedWeight:
     def dequantize_ref(self) -> np.ndarray:
         return dequantize_ref(self.raw(), self.ggml_type, self.shape)
 
-    def _dequant_rows(self, r0: int, r1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def _dequant_rows(self, r0: int, r1: int, out: Optional[np.ndarray] = None,
+                      parallel: bool = True) -> np.ndarray:
         if out is None:
             out = np.empty((r1 - r0, self.shape[1]), np.float32)
         if _use_reference():
             raw = self.raw()[r0:r1]
             out[...] = dequantize_ref(raw, self.ggml_type, (r1 - r0, self.shape[1]))
         else:
-            _kernels().dequant_rows(self.ggml_type, self._addresses(), r0, out)
+            _kernels().dequant_rows(self.ggml_type, self._addresses(), r0, out, parallel)
         return out
 
     def take_rows(self, ids) -> np.ndarray:
@@ -437,17 +438,18 @@ class QuantizedWeight:
         return out[0] if vector else out
 
     def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
-        # prefill: W tile [T, D] dequantized into a reusable buffer, then BLAS x @ tile.T
+        # prefill: W tile [T, D] dequantized into a reusable buffer, then BLAS x @ tile.T.
+        # The dequantization runs on this thread only (parallel=False): see dequant_rows.
         rows, cols = self.shape
         tile = min(rows, max(8, TILE_BYTES // (4 * cols)))
         buf = _tile_buffer(tile, cols)
         if tile == rows:  # one tile: BLAS writes straight into out
-            np.matmul(x, self._dequant_rows(0, rows, buf).T, out=out)
+            np.matmul(x, self._dequant_rows(0, rows, buf, parallel=False).T, out=out)
             return
         tmp = np.empty((x.shape[0], tile), np.float32)
         for r0 in range(0, rows, tile):
             r1 = min(rows, r0 + tile)
-            w = self._dequant_rows(r0, r1, buf[: r1 - r0])
+            w = self._dequant_rows(r0, r1, buf[: r1 - r0], parallel=False)
             np.matmul(x, w.T, out=tmp[:, : r1 - r0])
             out[:, r0:r1] = tmp[:, : r1 - r0]
 
