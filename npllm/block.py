@@ -6,13 +6,19 @@
 Weights are looked up by HF state-dict names, e.g. ``self_attn.q_proj.weight``
 (relative to ``model.layers.{i}.``), and are either float ndarrays or
 ``QuantizedWeight`` objects; ``linear`` handles both.
+
+``__call__`` is the readable path (any number of tokens).  ``decode`` is the same math for
+one new token per row, tuned for speed: q, k, v are one fused weight (and gate, up
+another), so a layer makes 4 matrix calls instead of 7.  The fused weights hold the only
+copy; ``q_proj`` etc. (and the model's ``params``) become row views of them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .ops import apply_rope, attention, decode_attention, layer_norm, linear, mlp, rms_norm
+from .ops import apply_rope, attention, decode_attention, layer_norm, linear, mlp, rms_norm, swiglu
+from .ops.linear import fuse_rows
 
 
 class Norm:
@@ -37,6 +43,12 @@ class Attention:
         self.k_proj, self.k_bias = w("k_proj.weight"), w("k_proj.bias")
         self.v_proj, self.v_bias = w("v_proj.weight"), w("v_proj.bias")
         self.o_proj, self.o_bias = w("o_proj.weight"), w("o_proj.bias")
+        self.qkv_proj = self.qkv_bias = None
+        fused = fuse_rows([self.q_proj, self.k_proj, self.v_proj], [self.q_bias, self.k_bias, self.v_bias])
+        if fused is not None:  # decode's one call for q, k, v; the parts become views of it
+            self.qkv_proj, self.qkv_bias, (self.q_proj, self.k_proj, self.v_proj) = fused
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), fused[2]):
+                p[prefix + name + ".weight"] = part
 
     def __call__(self, x, cos, sin, allowed, cache, layer_idx):
         B, T, _ = x.shape
@@ -53,9 +65,14 @@ class Attention:
     def decode(self, x, cos, sin, key_mask, cache, layer_idx):
         """The same attention for one new token per row (x: [B, D]), with RoPE, the cache
         append and the attention fused into one kernel call — the decode hot path."""
-        q = linear(x, self.q_proj, self.q_bias)                  # [B, H*Dh]
-        k = linear(x, self.k_proj, self.k_bias)                  # [B, Hkv*Dh]
-        v = linear(x, self.v_proj, self.v_bias)
+        if self.qkv_proj is not None:
+            qkv = linear(x, self.qkv_proj, self.qkv_bias)        # [B, (H + 2 Hkv) * Dh]
+            nq, nkv = self.H * self.Dh, self.Hkv * self.Dh
+            q, k, v = qkv[:, :nq], qkv[:, nq:nq + nkv], qkv[:, nq + nkv:]
+        else:
+            q = linear(x, self.q_proj, self.q_bias)              # [B, H*Dh]
+            k = linear(x, self.k_proj, self.k_bias)              # [B, Hkv*Dh]
+            v = linear(x, self.v_proj, self.v_bias)
         y = decode_attention(q, k, v, cos, sin, cache.keys[layer_idx], cache.values[layer_idx],
                              cache.length, key_mask)             # [B, H*Dh]
         return linear(y, self.o_proj, self.o_bias)
@@ -74,6 +91,11 @@ class TransformerBlock:
         self.gate_proj = p[prefix + "mlp.gate_proj.weight"]
         self.up_proj = p[prefix + "mlp.up_proj.weight"]
         self.down_proj = p[prefix + "mlp.down_proj.weight"]
+        self.gate_up_proj = None
+        fused = fuse_rows([self.gate_proj, self.up_proj])
+        if fused is not None:  # decode's one call for gate and up
+            self.gate_up_proj, _, (self.gate_proj, self.up_proj) = fused
+            p[prefix + "mlp.gate_proj.weight"], p[prefix + "mlp.up_proj.weight"] = fused[2]
 
     def __call__(self, x, cos, sin, allowed, cache):
         # x: [B, T, D]
@@ -84,5 +106,9 @@ class TransformerBlock:
     def decode(self, x, cos, sin, key_mask, cache):
         # x: [B, D], one new token per row; cache: a preallocated KVCache
         x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, key_mask, cache, self.idx)
-        x = x + mlp(self.post_attention_layernorm(x), self.gate_proj, self.up_proj, self.down_proj)
-        return x
+        h = self.post_attention_layernorm(x)
+        if self.gate_up_proj is None:
+            return x + mlp(h, self.gate_proj, self.up_proj, self.down_proj)
+        gate_up = linear(h, self.gate_up_proj)                   # [B, 2F]
+        F = gate_up.shape[1] // 2
+        return x + linear(swiglu(gate_up[:, :F], gate_up[:, F:]), self.down_proj)

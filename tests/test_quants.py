@@ -228,6 +228,41 @@ def test_permute_rows_and_concat_rows():
         QuantizedWeight.concat_rows([a, QuantizedWeight.from_raw(random_blocks(Q8_0, 2, 64, rng), Q8_0, (2, 64))])
 
 
+@pytest.mark.parametrize("t", [Q4_1, Q8_0, Q6_K, F16], ids=name)
+def test_fuse_rows_gives_views_and_the_same_products(t):
+    # decode's fused q|k|v: one weight whose row views equal the parts, computing each row as
+    # the separate weights do (the expected values: gguf's dequantization and NumPy)
+    from npllm.ops.linear import fuse_rows
+
+    rng = np.random.default_rng(3)
+    cols = cols_for(t)
+    raws = [sample(t, r, cols, rng) for r in (6, 2, 2)]
+    parts = [QuantizedWeight.from_raw(raw, t, (raw.shape[0], cols)) for raw in raws]
+    bias = [rng.standard_normal(6).astype(np.float32), None, np.ones(2, np.float32)]
+    fused, fused_bias, views = fuse_rows(parts, bias)
+    dense = np.concatenate([gguf_dequant(raw, t, raw.shape[0], cols) for raw in raws])
+    assert fused.shape == (10, cols)
+    np.testing.assert_array_equal(fused.dequantize(), dense)
+    np.testing.assert_array_equal(fused_bias, np.concatenate([bias[0], np.zeros(2), bias[2]]))
+    for view, raw in zip(views, raws):
+        np.testing.assert_array_equal(view.dequantize(), gguf_dequant(raw, t, raw.shape[0], cols))
+        assert all(np.shares_memory(a, b) for a, b in zip(view._planes, fused._planes) if a.size)
+    for n in (1, 3):
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        assert_matmul_close(fused.matmul(x), x, dense)
+    # dense float weights fuse too; mixed kinds, types or widths do not
+    a, b = rng.standard_normal((4, 8)), rng.standard_normal((3, 8))
+    f, fb, (va, vb) = fuse_rows([a, b])
+    np.testing.assert_array_equal(f, np.vstack([a, b]))
+    assert fb is None and np.shares_memory(va, f) and np.array_equal(vb, b)
+    assert fuse_rows([a, rng.standard_normal((3, 9))]) is None
+    assert fuse_rows([parts[0], a[:, :cols]]) is None
+    other = QuantizedWeight.from_raw(sample(Q4_0, 2, 96, rng), Q4_0, (2, 96))
+    assert fuse_rows([QuantizedWeight.from_raw(sample(Q4_1, 2, 96, rng), Q4_1, (2, 96)), other]) is None
+    with pytest.raises(ValueError, match="row_slice"):
+        fused.row_slice(4, 11)
+
+
 @pytest.mark.parametrize("t,type_name", [(17, "IQ2_XS"), (13, "Q5_K"), (7, "Q5_1"), (123, "type 123")])
 def test_unsupported_type_is_named(t, type_name):
     with pytest.raises(ModelFormatError, match=type_name):

@@ -19,7 +19,7 @@ is what HF transformers' GGUF loader uses.
 
 Public names: ``dequantize`` / ``dequantize_ref`` (raw bytes -> float32),
 ``QuantizedWeight`` (``from_raw``, ``concat_rows``, ``shape``, ``ggml_type``,
-``type_name``, ``nbytes``, ``raw``, ``dequantize``, ``take_rows``, ``permute_rows``,
+``row_slice``, ``type_name``, ``nbytes``, ``raw``, ``dequantize``, ``take_rows``, ``permute_rows``,
 ``matmul``), ``as_array_or_quantized`` (the loader's helper), ``type_name``,
 ``BLOCK_LAYOUT``, ``GGML_TYPE_NAMES`` and the type ids ``F32 ... BF16``.
 
@@ -351,6 +351,12 @@ class QuantizedWeight:
                 )
         planes = tuple(np.concatenate([w._planes[i] for w in weights]) for i in range(3))
         return cls(t, (sum(w.shape[0] for w in weights), cols), planes)
+
+    def row_slice(self, r0: int, r1: int) -> "QuantizedWeight":
+        """Rows r0:r1 as a weight that shares this one's memory (no copy)."""
+        if not 0 <= r0 < r1 <= self.shape[0]:
+            raise ValueError(f"row_slice: need 0 <= r0 < r1 <= {self.shape[0]}, got {r0}:{r1}")
+        return QuantizedWeight(self.ggml_type, (r1 - r0, self.shape[1]), tuple(p[r0:r1] for p in self._planes))
 
     # -- properties -------------------------------------------------------
     @property

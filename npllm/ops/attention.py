@@ -41,33 +41,38 @@ def attention_ref(q, k, v, allowed):
 
 
 @njit
-def _attend_one(q, k, v, allowed, out):
-    # One query against its keys. q: [Dh]; k, v: [S, Dh]; allowed: [S]; out: [Dh]
+def _attend_one(q, k, v, allowed, out, scores):
+    # One query against its keys. q: [Dh], already scaled by 1/sqrt(Dh); k, v: [S, Dh];
+    # allowed: [S]; out: [Dh]; scores: scratch [>= S].  Each loop is a simple one over a
+    # contiguous row, which LLVM vectorises; every value stays in q's dtype (no float64 exp).
     S, Dh = k.shape
-    scale = 1.0 / np.sqrt(Dh)
-    scores = np.empty(S, dtype=q.dtype)
-    m = -np.inf
+    for s in range(S):                   # scores = k q
+        dot = q[0] * k[s, 0]
+        for d in range(1, Dh):
+            dot += q[d] * k[s, d]
+        scores[s] = dot
+    m = scores[0]                        # the max over the visible keys
+    seen = False
     for s in range(S):
-        if allowed[s]:
-            dot = 0.0
-            for d in range(Dh):
-                dot += q[d] * k[s, d]
-            scores[s] = dot * scale
-            if scores[s] > m:
-                m = scores[s]
-        else:
-            scores[s] = -np.inf
-    out[:] = 0.0
-    if m == -np.inf:                     # fully masked query: output zeros
+        if allowed[s] and (not seen or scores[s] > m):
+            m = scores[s]
+            seen = True
+    out[:] = 0
+    if not seen:                         # fully masked query: output zeros
         return
-    total = 0.0
-    for s in range(S):
-        if scores[s] != -np.inf:
-            p = np.exp(scores[s] - m)    # softmax numerator, weights v on the fly
+    total = m - m
+    for s in range(S):                   # softmax numerators (masked keys weigh 0)
+        if allowed[s]:
+            p = np.exp(scores[s] - m)
             total += p
-            for d in range(Dh):
-                out[d] += p * v[s, d]
-    inv = 1.0 / total
+            scores[s] = p
+        else:
+            scores[s] = 0
+    for s in range(S):                   # out = sum_s p_s v_s / sum_s p_s
+        p = scores[s]
+        for d in range(Dh):
+            out[d] += p * v[s, d]
+    inv = 1 / total
     for d in range(Dh):
         out[d] *= inv
 
@@ -77,12 +82,17 @@ def _attention_kernel(q, k, v, allowed, out):
     # q, out: [B, H, T, Dh]; k, v: [B, Hkv, S, Dh]; allowed: [B, T, S]
     B, H, T, Dh = q.shape
     G = H // k.shape[1]
+    scale = 1 / np.sqrt(Dh)
     for bh in prange(B * H):
         b = bh // H
         h = bh % H
         kh = h // G                      # the K/V head this query head reads
+        qs = np.empty(Dh, dtype=q.dtype)
+        scores = np.empty(k.shape[2], dtype=q.dtype)
         for t in range(T):
-            _attend_one(q[b, h, t], k[b, kh], v[b, kh], allowed[b, t], out[b, h, t])
+            for d in range(Dh):
+                qs[d] = q[b, h, t, d] * scale
+            _attend_one(qs, k[b, kh], v[b, kh], allowed[b, t], out[b, h, t], scores)
 
 
 def attention_blocked(q, k, v, allowed, block: int = 96):
@@ -178,18 +188,22 @@ def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_ma
                 k_cache[b, h, length, i + half] = x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]
             for d in range(Dh):
                 v_cache[b, h, length, d] = v[b, base + d]
+    scale = 1 / np.sqrt(Dh)
     for bh in prange(B * H):                 # 2. each query head attends over the cache
         b = bh // H
         h = bh % H
         base = h * Dh
-        qr = np.empty(Dh, dtype=q.dtype)
+        qr = np.empty(Dh, dtype=q.dtype)     # q rotated and scaled by 1/sqrt(Dh)
+        y = np.empty(Dh, dtype=q.dtype)
+        scores = np.empty(S, dtype=q.dtype)
         for i in range(half):
             x1 = q[b, base + i]
             x2 = q[b, base + i + half]
-            qr[i] = x1 * cos[b, 0, i] - x2 * sin[b, 0, i]
-            qr[i + half] = x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]
+            qr[i] = (x1 * cos[b, 0, i] - x2 * sin[b, 0, i]) * scale
+            qr[i + half] = (x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]) * scale
         kh = h // G
-        _attend_one(qr, k_cache[b, kh, :S], v_cache[b, kh, :S], key_mask[b, :S], out[b, base:base + Dh])
+        _attend_one(qr, k_cache[b, kh, :S], v_cache[b, kh, :S], key_mask[b, :S], y, scores)
+        out[b, base:base + Dh] = y
 
 
 def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=None):

@@ -33,9 +33,9 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """silu(gate) * up, elementwise."""
     if reference_mode():
         return swiglu_ref(gate, up)
-    g2 = np.ascontiguousarray(gate.reshape(-1, gate.shape[-1]))
-    u2 = np.ascontiguousarray(up.reshape(-1, up.shape[-1]))
-    out = np.empty_like(g2)
+    g2 = gate.reshape(-1, gate.shape[-1])      # views stay views (e.g. halves of a fused gate|up)
+    u2 = up.reshape(-1, up.shape[-1])
+    out = np.empty(g2.shape, dtype=g2.dtype)
     if g2.shape[0] >= 16:
         # Prefill: NumPy's exp is SIMD-vectorised and Numba's is a scalar call, so five
         # in-place NumPy passes beat one fused loop once there are many rows.
