@@ -53,12 +53,15 @@ def _load_model(path: str, dtype, dequantize: bool, progress: bool):
         ckpt = read_gguf(path)
         clear_reader_cache()  # drop the parser's per-field objects; the tensors keep the file mapped
         config = ckpt.config
+        release = getattr(ckpt, "release", None)
         tensors = {}
         for key, raw in _progress(ckpt.tensors.items(), len(ckpt.tensors), "loading", progress):
             if dequantize:
                 tensors[key] = dequantize_raw(raw.data, raw.ggml_type, raw.shape)
             else:
                 tensors[key] = as_array_or_quantized(raw.data, raw.ggml_type, raw.shape)
+            if release is not None:
+                release(raw)  # the file's pages of this tensor leave our RSS (views re-read them)
     else:
         from .io.safetensors import PICKLE_SUFFIXES, pickle_refusal
 
@@ -69,7 +72,24 @@ def _load_model(path: str, dtype, dequantize: bool, progress: bool):
     model = CausalLM(config, dtype=dtype, init=False)
     model.load_state_dict(tensors)
     model.source = path
+    del tensors
+    _return_freed_memory()
     return model, ckpt
+
+
+def _return_freed_memory() -> None:
+    """Give the memory freed while loading (parser objects, pre-fusion weights) back to the OS.
+
+    glibc keeps freed heap pages mapped; ``malloc_trim`` releases them, so the resident size
+    reflects what the model really holds.  A no-op on other C libraries."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def load(source: Optional[str] = None, dtype=np.float32, dequantize: bool = False,
