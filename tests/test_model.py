@@ -254,6 +254,42 @@ def test_fused_decode_step_equals_the_readable_path(name):
         assert np.abs(a - b)[rows].max() < 1e-12
 
 
+@pytest.mark.parametrize("name,qtype", [("gqa_8_2", "Q4_1"), ("qkv_bias", "Q8_0"), ("mqa", "Q4_0")])
+def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
+    """ops/decode_layer.py runs a quantized layer's decode step in one Numba call; it must give
+    what TransformerBlock.decode's op-by-op path gives (the same kernels), on a left-padded batch,
+    and both must agree with the readable concat-cache path on the dequantized weights."""
+    import gguf
+
+    from npllm.io.quants import QuantizedWeight
+
+    config = make_config(**CONFIGS[name], hidden_size=64, intermediate_size=96)
+    model = CausalLM(config, seed=21)
+    sd = randomize(model, 22)
+    t = gguf.GGMLQuantizationType[qtype]
+    quantized = {k: (QuantizedWeight.from_raw(np.asarray(gguf.quants.quantize(v, t)).view(np.uint8), int(t), v.shape)
+                     if v.ndim == 2 and k != "model.embed_tokens.weight" else v) for k, v in sd.items()}
+    qmodel = CausalLM(config, init=False)
+    qmodel.load_state_dict(quantized)
+    assert all(layer.one_call for layer in qmodel.layers)
+    dense = CausalLM(config, init=False)
+    dense.load_state_dict({k: (v.dequantize() if isinstance(v, QuantizedWeight) else v) for k, v in quantized.items()})
+    ids, mask = left_padded_batch(config.vocab_size, seed=23)
+    one, ops, concat = qmodel.new_cache(3, ids.shape[1]), qmodel.new_cache(3, ids.shape[1]), None
+    for step in range(ids.shape[1]):
+        args = dict(attention_mask=mask[:, :step + 1], use_cache=True)
+        a, one = qmodel.forward(ids[:, step:step + 1], past_key_values=one, **args)
+        for layer in qmodel.layers:
+            layer.one_call = False
+        b, ops = qmodel.forward(ids[:, step:step + 1], past_key_values=ops, **args)
+        for layer in qmodel.layers:
+            layer.one_call = True
+        c, concat = dense.forward(ids[:, step:step + 1], past_key_values=concat, **args)
+        rows = mask[:, step].astype(bool)
+        assert np.abs(a - b)[rows].max() <= 1e-6
+        assert np.abs(a - c)[rows].max() <= 1e-4
+
+
 def test_decode_attention_kernel_equals_reference(rng):
     from npllm.ops.attention import _decode_attention_kernel, decode_attention_ref
     from npllm.ops.rope import rope_cos_sin
