@@ -1,11 +1,16 @@
 """GGUF reader: config, keys and shapes against HF transformers, the Q/K unpermutation against
 transformers' own reverse permutation, and malformed files failing with npllm errors."""
 
+import mmap
 import os
+import re
 import struct
+import tempfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from npllm.errors import ModelFormatError, ModelNotFoundError
 from npllm.io.gguf import (GGML_TYPES, RawTensor, gguf_to_hf_key, hf_to_gguf_key, read_gguf,
@@ -58,10 +63,13 @@ def test_keys_and_shapes_match_the_hf_model(ckpt, hf_config):
 
 def test_tensors_stay_memory_mapped_except_reordered_qk(ckpt):
     embed = ckpt.tensors["model.embed_tokens.weight"]
-    assert isinstance(embed.data, np.memmap)
+    file_bytes = np.frombuffer(ckpt.file_map, np.uint8)
+    assert not embed.data.flags.writeable and not embed.data.flags.owndata
+    assert np.may_share_memory(embed.data, file_bytes)
     assert embed.type_name == "Q8_0" and embed.data.dtype == np.uint8 and embed.data.shape == (49152, 612)
     q = ckpt.tensors["model.layers.0.self_attn.q_proj.weight"]
     assert q.unpermuted and q.type_name == "Q4_1" and q.data.shape == (576, 360)
+    assert q.data.flags.owndata and not np.may_share_memory(q.data, file_bytes)
     assert not ckpt.tensors["model.layers.0.self_attn.v_proj.weight"].unpermuted
     norm = ckpt.tensors["model.norm.weight"]
     assert norm.data.dtype == np.float32 and norm.shape == (576,)
@@ -317,3 +325,285 @@ def test_huge_tensor_count_fails_fast(tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(ModelFormatError, match="tensor count"):
         read_gguf(p)
+
+
+# ------------------------------------------- npllm's parser against GGUFReader
+# npllm parses the header itself (one bounds-checked pass); the gguf package's GGUFReader is
+# the independent reference for every metadata value and every tensor view.
+V = gguf.GGUFValueType
+
+
+def typed(value):
+    """``value`` with its Python type at every level: True != 1, 1.0 != 1, -0.0 != 0.0, nan == nan."""
+    if isinstance(value, list):
+        return ["list", [typed(v) for v in value]]
+    return (type(value).__name__, repr(value) if isinstance(value, float) else value)
+
+
+def reader_metadata(path):
+    reader = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def assert_same_metadata(mine, reference):
+    assert list(mine) == list(reference)  # same keys, in file order
+    for key, value in reference.items():
+        assert typed(mine[key]) == typed(value), key
+
+
+def assert_tensors_match_reader(ck, reader):
+    """Every tensor: GGUFReader's ``tensor.data`` bytes, dtype and shape (a quantized 1-D row as
+    [1, row_bytes]); Q/K rows, stored permuted, must re-permute to the file's rows."""
+    assert len(ck.tensors) == len(reader.tensors)
+    for t in reader.tensors:
+        mine = ck.tensors[gguf_to_hf_key(t.name)]
+        expected = np.asarray(t.data)
+        if mine.ggml_type not in (0, 1) and expected.ndim == 1:
+            expected = expected.reshape(1, -1)
+        got = mine.data
+        if mine.unpermuted:
+            n_head = ck.config.num_attention_heads if ".attn_q." in t.name else ck.config.num_key_value_heads
+            got = llama_cpp_permute(got, n_head)
+        else:
+            assert mine.file_offset == t.data_offset, t.name
+        assert (got.dtype, got.shape) == (expected.dtype, expected.shape), t.name
+        assert got.tobytes() == expected.tobytes(), t.name
+
+
+def test_default_model_metadata_equals_gguf_reader(ckpt, smollm2_gguf):
+    assert_same_metadata(ckpt.metadata, reader_metadata(smollm2_gguf))
+    assert_same_metadata(read_gguf_metadata(smollm2_gguf), ckpt.metadata)
+
+
+def test_default_model_tensors_equal_gguf_reader(ckpt, gguf_reader):
+    assert_tensors_match_reader(ckpt, gguf_reader)
+
+
+def _k_quant_bytes(value, qtype):
+    """gguf-py cannot quantize K-quants: random blocks of the right size stand in (bytes only)."""
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = value.shape
+    return np.random.default_rng(rows * cols).integers(0, 256, (rows, cols // block * type_size), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("type_id", sorted(t for t in GGML_TYPES if t != 0))
+def test_every_tensor_type_equals_gguf_reader(tmp_path, monkeypatch, type_id):
+    qtype = gguf.GGMLQuantizationType(type_id)
+    if qtype in (gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K):
+        monkeypatch.setattr(gguf.quants, "quantize", _k_quant_bytes)
+    path = tmp_path / f"{qtype.name}.gguf"
+    write_tiny_gguf(path, n_layers=1, d=256, f=256, n_head=4, n_kv=2, quant=qtype)
+    ck = read_gguf(path)
+    assert ck.type_counts() == {qtype.name: 9, "F32": 3}  # 7 layer matrices, embed, lm_head; 3 norms
+    assert_tensors_match_reader(ck, gguf.GGUFReader(path))
+
+
+def _writer_file(path, entries):
+    """A GGUF file of metadata ``entries`` [(key, value, vtype, sub_type)] written by GGUFWriter."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value, vtype, sub_type in entries:
+        writer.add_key_value(key, value, vtype, sub_type)
+    writer.add_tensor("x", np.arange(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+_INT_LIMITS = {V.UINT8: (0, 2**8 - 1), V.INT8: (-2**7, 2**7 - 1), V.UINT16: (0, 2**16 - 1),
+               V.INT16: (-2**15, 2**15 - 1), V.UINT32: (0, 2**32 - 1), V.INT32: (-2**31, 2**31 - 1),
+               V.UINT64: (0, 2**64 - 1), V.INT64: (-2**63, 2**63 - 1)}
+
+
+def test_every_metadata_value_type_equals_gguf_reader(tmp_path):
+    entries = []
+    for vtype, (lo, hi) in _INT_LIMITS.items():
+        entries += [(f"int.{vtype.name}.lo", lo, vtype, None), (f"int.{vtype.name}.hi", hi, vtype, None),
+                    (f"array.{vtype.name}", [lo, 0, 1, hi], V.ARRAY, vtype)]
+    entries += [
+        ("bool.true", True, V.BOOL, None), ("bool.false", False, V.BOOL, None),
+        ("array.bool", [True, False, True], V.ARRAY, V.BOOL),
+        ("float32", 0.1, V.FLOAT32, None), ("float32.inf", float("-inf"), V.FLOAT32, None),
+        ("float32.nan", float("nan"), V.FLOAT32, None), ("float32.negzero", -0.0, V.FLOAT32, None),
+        ("float64", 0.1, V.FLOAT64, None), ("float64.tiny", 5e-324, V.FLOAT64, None),
+        ("array.float32", [0.1, -2.5, 1e30], V.ARRAY, V.FLOAT32),
+        ("array.float64", [0.1, -2.5, 1e300], V.ARRAY, V.FLOAT64),
+        ("string", "plain", V.STRING, None), ("string.empty", "", V.STRING, None),
+        ("string.unicode", "héllo ✓ 𝄞 日本語\n\x00tab\t", V.STRING, None),
+        ("clé.ünïcode✓", "the key is not ASCII", V.STRING, None),
+        ("array.string", ["a", "", "Ġthe", "👍🏽", "<|im_start|>"], V.ARRAY, V.STRING),
+        ("nested.int", [[1, 2], [3], [4, 5, 6]], V.ARRAY, V.ARRAY),
+        ("nested.string", [["a", "b"], ["ç"]], V.ARRAY, V.ARRAY),
+        ("nested.float", [[0.5], [1.5, 2.5]], V.ARRAY, V.ARRAY),
+    ]
+    path = tmp_path / "types.gguf"
+    _writer_file(path, entries)
+    mine = read_gguf_metadata(path)
+    assert_same_metadata(mine, reader_metadata(path))
+    # and against the values written (math, not a reader): ints exact, float32 rounded, nesting flattened
+    assert mine["int.UINT64.hi"] == 2**64 - 1 and mine["int.INT64.lo"] == -2**63
+    assert mine["float32"] == float(np.float32(0.1)) and mine["float64"] == 0.1
+    assert mine["bool.true"] is True and mine["array.bool"] == [True, False, True]
+    assert mine["nested.int"] == [1, 2, 3, 4, 5, 6] and mine["nested.string"] == ["a", "b", "ç"]
+
+
+# Hand-assembled files (from the GGUF spec) for what GGUFWriter refuses to write: empty arrays.
+def _gguf_bytes(kvs, tensor_infos=b"", n_tensors=0):
+    """Header + metadata [(key, value type, value bytes)] (+ raw tensor infos)."""
+    out = b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(kvs))
+    for key, vtype, payload in kvs:
+        out += _str(key.encode()) + struct.pack("<I", vtype) + payload
+    return out + tensor_infos
+
+
+def _str(raw: bytes) -> bytes:
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _array(itype, items) -> bytes:
+    return struct.pack("<IQ", itype, len(items)) + b"".join(items)
+
+
+def test_empty_and_nested_arrays_equal_gguf_reader(tmp_path):
+    i32 = lambda *xs: [struct.pack("<i", x) for x in xs]  # noqa: E731
+    kvs = [("empty.int32", V.ARRAY, _array(V.INT32, [])), ("empty.string", V.ARRAY, _array(V.STRING, [])),
+           ("empty.nested", V.ARRAY, _array(V.ARRAY, [])),
+           ("nested.inner_empty", V.ARRAY, _array(V.ARRAY, [_array(V.INT32, i32(1, 2)), _array(V.INT32, []),
+                                                             _array(V.INT32, i32(3))])),
+           ("nested.first_empty", V.ARRAY, _array(V.ARRAY, [_array(V.INT32, []), _array(V.INT32, i32(7))])),
+           ("nested.three_deep", V.ARRAY, _array(V.ARRAY, [_array(V.ARRAY, [_array(V.INT32, i32(1, 2))]),
+                                                           _array(V.ARRAY, [_array(V.INT32, i32(3))])])),
+           ("after", V.STRING, _str("still in step".encode()))]
+    path = tmp_path / "empty.gguf"
+    path.write_bytes(_gguf_bytes(kvs))
+    mine = read_gguf_metadata(path)
+    assert_same_metadata(mine, reader_metadata(path))
+    assert mine["empty.string"] == [] and mine["nested.three_deep"] == [1, 2, 3] and mine["after"] == "still in step"
+
+
+def test_nested_strings_after_an_empty_inner_array_stay_strings(tmp_path):
+    """Where we differ from GGUFReader on purpose: it takes the item type from the first inner
+    array and, that one being empty, hands out the strings' UTF-8 bytes as ints."""
+    kvs = [("nested", V.ARRAY, _array(V.ARRAY, [_array(V.STRING, []), _array(V.STRING, [_str(b"ab")])]))]
+    path = tmp_path / "quirk.gguf"
+    path.write_bytes(_gguf_bytes(kvs))
+    assert read_gguf_metadata(path)["nested"] == ["ab"]
+    assert reader_metadata(path)["nested"] == [97, 98]
+
+
+@pytest.mark.parametrize("where", ["value", "array"])
+def test_non_utf8_string_names_key_and_byte(tmp_path, where):
+    bad = _str(b"ok \xff\xfe")
+    payload = (V.STRING, bad) if where == "value" else (V.ARRAY, _array(V.STRING, [_str(b"fine"), bad]))
+    data = _gguf_bytes([("general.name", V.STRING, _str(b"x")), ("tokenizer.ggml.tokens", *payload)])
+    path = tmp_path / "utf8.gguf"
+    path.write_bytes(data)
+    at = data.index(b"ok \xff")
+    where_ = re.escape(f"not valid UTF-8 (at byte {at}, in metadata 'tokenizer.ggml.tokens')")
+    with pytest.raises(ModelFormatError, match=where_):
+        read_gguf_metadata(path)
+    with pytest.raises(ModelFormatError, match=re.escape(str(path))):
+        read_gguf(path)
+
+
+def test_alignment_must_be_a_uint32_power_of_two(tmp_path):
+    for name, vtype, payload, message in [("u64", V.UINT64, struct.pack("<Q", 32), "expected uint32"),
+                                          ("odd", V.UINT32, struct.pack("<I", 24), "not a power of two")]:
+        path = tmp_path / f"align_{name}.gguf"
+        path.write_bytes(_gguf_bytes([("general.alignment", vtype, payload)]))
+        with pytest.raises(ModelFormatError, match=message):
+            read_gguf_metadata(path)
+
+
+def test_tensor_views_respect_custom_alignment(tmp_path):
+    """general.alignment moves the data section: views start where GGUFReader says."""
+    writer = gguf.GGUFWriter(str(tmp_path / "a.gguf"), "llama")
+    writer.add_custom_alignment(256)
+    writer.add_tensor("a", np.arange(3, dtype=np.float32))
+    writer.add_tensor("b", np.arange(40, dtype=np.float16).reshape(5, 8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    from npllm.io.gguf import _open, _raw_tensors  # below read_gguf: this file is not a model
+
+    _, file_map, header = _open(tmp_path / "a.gguf")
+    raw = _raw_tensors(header, np.frombuffer(file_map, np.uint8))
+    reader = gguf.GGUFReader(tmp_path / "a.gguf")
+    assert header.data_start == reader.data_offset and header.data_start % 256 == 0
+    for t in reader.tensors:
+        mine = raw[t.name]
+        assert mine.data.dtype == t.data.dtype and mine.data.shape == t.data.shape
+        np.testing.assert_array_equal(mine.data, t.data)
+
+
+# Hypothesis: random metadata written by GGUFWriter reads back as GGUFReader reads it.
+def _scalar_strategy(vtype):
+    if vtype in _INT_LIMITS:
+        return st.integers(*_INT_LIMITS[vtype])
+    return {V.FLOAT32: st.floats(width=32), V.FLOAT64: st.floats(), V.BOOL: st.booleans(),
+            V.STRING: st.text(max_size=12)}[vtype]
+
+
+@st.composite
+def _metadata_entry(draw):
+    kind = draw(st.sampled_from(["scalar", "array", "nested"]))
+    if kind == "nested":  # GGUFWriter infers inner item types: int -> INT32, float -> FLOAT32
+        vtype = draw(st.sampled_from([V.INT32, V.FLOAT32, V.BOOL, V.STRING]))
+        inner = st.lists(_scalar_strategy(vtype), min_size=1, max_size=4)
+        return draw(st.lists(inner, min_size=1, max_size=3)), V.ARRAY, V.ARRAY
+    vtype = draw(st.sampled_from([*_INT_LIMITS, V.FLOAT32, V.FLOAT64, V.BOOL, V.STRING]))
+    if kind == "scalar":
+        return draw(_scalar_strategy(vtype)), vtype, None
+    return draw(st.lists(_scalar_strategy(vtype), min_size=1, max_size=6)), V.ARRAY, vtype
+
+
+@given(entries=st.dictionaries(st.text(min_size=1, max_size=10).map("k.".__add__), _metadata_entry(),
+                               min_size=1, max_size=6))
+@settings(max_examples=40)
+def test_random_metadata_equals_gguf_reader(entries):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "random.gguf")
+        _writer_file(path, [(k, v, t, s) for k, (v, t, s) in entries.items()])
+        assert_same_metadata(read_gguf_metadata(path), reader_metadata(path))
+
+
+# ------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_DONTNEED") or not os.path.exists("/proc/self/status"),
+                    reason="needs madvise(MADV_DONTNEED) and /proc/self/status")
+def test_release_drops_a_tensors_pages_from_rss(smollm2_gguf, gguf_reader):
+    ck = read_gguf(smollm2_gguf)  # its own mapping: no page of it is resident yet
+    embed = ck.tensors["model.embed_tokens.weight"]  # Q8_0, 30 MB
+    before = _rss_bytes()
+    checksum = int(embed.data.sum(dtype=np.uint64))  # touches every page
+    touched = _rss_bytes()
+    ck.release(embed)
+    released = _rss_bytes()
+    assert touched - before > 0.8 * embed.nbytes
+    assert touched - released > 0.8 * embed.nbytes
+    # the view is still valid: its pages come back from the page cache
+    assert int(embed.data.sum(dtype=np.uint64)) == checksum
+    ref = next(t for t in gguf_reader.tensors if t.name == "token_embd.weight")
+    np.testing.assert_array_equal(embed.data[-3:], ref.data[-3:])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc/self/status")
+def test_read_gguf_stays_small(smollm2_gguf):
+    """GGUFReader's per-field NumPy objects cost ~190 MB of RSS for this file; our header parse
+    keeps plain Python values (~11 MB), the copied Q/K rows (~8 MB) and no header pages."""
+    import gc
+
+    from npllm.io.gguf import clear_reader_cache
+
+    gc.collect()
+    before = _rss_bytes()
+    ck = read_gguf(smollm2_gguf)
+    grown = _rss_bytes() - before
+    assert grown < 48 << 20, f"read_gguf grew RSS by {grown >> 20} MB"
+    clear_reader_cache()  # kept for old callers: a no-op that leaves the tensors usable
+    assert ck.tensors["model.norm.weight"].to_float32().shape == (576,)

@@ -2,9 +2,13 @@
 
 A GGUF file is a header, a list of metadata key/values (the config, the
 tokenizer vocabulary, the chat template), a list of tensor descriptions, and
-then the tensor bytes.  We read it with the ``gguf`` package's ``GGUFReader``,
-which memory-maps the file: a tensor's bytes are only read from disk when
-something touches them.
+then the tensor bytes.  ``_HeaderScan`` reads the header in one pass, checking
+every count and length against the bytes that remain, and collects the
+metadata as plain Python values.  The file is memory-mapped (``mmap``): each
+tensor is a NumPy view of its bytes, read from disk only when something
+touches it, and ``GGUFCheckpoint.release`` hands a tensor's pages back once a
+loader has copied it.  (The ``gguf`` package's ``GGUFReader`` reads the same
+files; the tests use it as the reference.)
 
 This module matches what HF transformers does in
 ``modeling_gguf_pytorch_utils.load_gguf_checkpoint`` (GGUF -> HF config and
@@ -24,7 +28,6 @@ dim, F MLP width.
 
 from __future__ import annotations
 
-import functools
 import mmap
 import os
 import re
@@ -181,7 +184,7 @@ class RawTensor:
     """One tensor as stored in the file (not dequantized).
 
     ``shape`` is in HF order ([out, in] for matrices; GGUF lists dims reversed).
-    ``data`` is the reader's memory-mapped view: uint8 ``[rows, row_bytes]`` for
+    ``data`` is a read-only view of the memory-mapped file: uint8 ``[rows, row_bytes]`` for
     quantized types *and BF16* (NumPy has no bfloat16), float32/float16
     ``shape`` for F32/F16.  Q/K rows of ``llama`` files are already put back in
     HF order (a permuted copy instead of a view): rows are whole quantization
@@ -194,6 +197,7 @@ class RawTensor:
     shape: Tuple[int, ...]
     data: np.ndarray
     unpermuted: bool = False  # True if Q/K rows were reordered on load
+    file_offset: int = -1  # where the bytes start in the file (-1: not read from a file)
 
     @property
     def is_float(self) -> bool:
@@ -219,11 +223,37 @@ class GGUFCheckpoint:
     metadata: Dict[str, Any]  # plain Python values (str, int, float, bool, lists)
     config: ModelConfig
     tensors: Dict[str, RawTensor] = field(repr=False)  # HF key -> RawTensor
+    file_map: Optional[mmap.mmap] = field(default=None, repr=False, compare=False)  # the views' memory
 
     @property
     def chat_template(self) -> Optional[str]:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) else None
+
+    def release(self, tensor: RawTensor) -> None:
+        """Drop the file pages under ``tensor`` from this process's resident memory.
+
+        Call it once the tensor's bytes have been copied (into quantized planes or a float32
+        array).  The pages stay in the kernel's page cache, and ``tensor.data`` stays valid: a
+        view read again simply faults them back in.  Neighbouring tensors that share a page
+        lose it too, and fault it back the same way.
+        """
+        if tensor.file_offset >= 0:
+            self.release_bytes(tensor.file_offset, tensor.nbytes)
+
+    def release_bytes(self, start: int, length: int) -> None:
+        """``madvise(MADV_DONTNEED)`` on the pages holding file bytes [start, start + length)."""
+        fm = self.file_map
+        if fm is None or fm.closed or length <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        lo = start // page * page  # madvise wants a page-aligned start
+        hi = min(-(-(start + length) // page) * page, len(fm))
+        if lo < hi:
+            try:
+                fm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except OSError:  # advice only: a kernel that refuses it costs memory, not correctness
+                pass
 
     def type_counts(self) -> Dict[str, int]:
         """How many tensors of each GGML type, e.g. {"Q4_1": 210, "F32": 61}."""
@@ -245,77 +275,119 @@ def read_gguf(path) -> GGUFCheckpoint:
     ``ModelFormatError`` (naming the file, and the key or tensor) for anything
     malformed or unsupported.
     """
-    path, reader, metadata = _open(path)
+    path, file_map, header = _open(path)
     try:
-        arch = _architecture(metadata)
-        raw = _raw_tensors(reader)
-        config = config_from_metadata(metadata, arch, raw)
+        arch = _architecture(header.metadata)
+        raw = _raw_tensors(header, np.frombuffer(file_map, np.uint8))
+        config = config_from_metadata(header.metadata, arch, raw)
         tensors = _map_tensors(raw, config, arch)
     except (ModelFormatError, ConfigError) as e:
         raise ModelFormatError(f"{path}: {e}") from None
     except _READER_ERRORS as e:
         raise ModelFormatError(f"{path}: malformed GGUF tensor info ({type(e).__name__}: {e})") from None
-    return GGUFCheckpoint(path=path, architecture=arch, metadata=metadata, config=config, tensors=tensors)
+    ckpt = GGUFCheckpoint(path=path, architecture=arch, metadata=header.metadata, config=config,
+                          tensors=tensors, file_map=file_map)
+    ckpt.release_bytes(0, header.data_start)  # the header is parsed: its pages can go
+    for t in tensors.values():
+        if t.unpermuted:  # Q/K rows were copied: the file's rows are not needed any more
+            ckpt.release(t)
+    return ckpt
 
 
 def read_gguf_metadata(path) -> Dict[str, Any]:
     """Only the metadata (tokenizer, chat template...) as plain Python values."""
-    return _open(path)[2]
+    _, file_map, header = _open(path)
+    _close(file_map)
+    return header.metadata
+
+
+def clear_reader_cache() -> None:
+    """Nothing to clear any more: kept for callers from the days of ``gguf.GGUFReader``.
+
+    npllm now parses the header itself in one pass (a fraction of a second for a 49152-token
+    vocabulary) and keeps no parse cache; a checkpoint's tensors keep its file mapped.
+    """
 
 
 def _open(path):
+    """-> (path, read-only memory map of the whole file, its parsed ``_Header``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelNotFoundError(f"GGUF file not found: {path}")
-    st = os.stat(path)
-    _check_header(path, st.st_size)
-    if st.st_size >= _CACHE_MIN_BYTES:
-        reader = _open_reader(os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    else:
-        reader = _open_reader.__wrapped__(path, st.st_size, st.st_mtime_ns)
-    try:
-        metadata = _plain_metadata(reader)
-    except ModelFormatError as e:
-        raise ModelFormatError(f"{path}: {e}") from None
-    except _READER_ERRORS as e:
-        raise ModelFormatError(f"{path}: malformed GGUF metadata ({type(e).__name__}: {e})") from None
-    return path, reader, metadata
-
-
-def _check_header(path: str, size: int) -> None:
-    """Magic and version, then a bounds-checked walk over the whole header (see ``_HeaderScan``)."""
-    if size < 24:  # magic, version, tensor count, kv count
-        raise ModelFormatError(f"{path}: file is too small to be GGUF ({size} bytes)")
     with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:4] != b"GGUF":
-            raise ModelFormatError(f"{path}: not a GGUF file (magic {head[:4]!r}, expected b'GGUF')")
-        (version,) = struct.unpack("<I", head[4:8])
-        if version not in (2, 3):
-            raise ModelFormatError(
-                f"{path}: unsupported GGUF version {version} (expected 2 or 3, little-endian)")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            _HeaderScan(mm, size, path).run()
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:  # magic, version, tensor count, kv count
+            raise ModelFormatError(f"{path}: file is too small to be GGUF ({size} bytes)")
+        file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays valid after close
+    try:
+        _check_header(path, file_map)
+        header = _HeaderScan(file_map, len(file_map), path).run()
+    except BaseException:
+        _close(file_map)
+        raise
+    return path, file_map, header
 
 
-# GGUF metadata value types -> byte size (scalars); 8 = string, 9 = array.
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
+def _close(file_map) -> None:
+    try:
+        file_map.close()
+    except BufferError:  # a view still uses it: it is unmapped when the last view goes
+        pass
+
+
+def _check_header(path: str, buf) -> None:
+    """Magic and version: a file that is not GGUF gets a clear error before anything is parsed."""
+    if buf[:4] != b"GGUF":
+        raise ModelFormatError(f"{path}: not a GGUF file (magic {buf[:4]!r}, expected b'GGUF')")
+    (version,) = struct.unpack_from("<I", buf, 4)
+    if version not in (2, 3):
+        raise ModelFormatError(f"{path}: unsupported GGUF version {version} (expected 2 or 3, little-endian)")
+
+
+# GGUF metadata value types -> NumPy dtype (scalars, all little-endian); 8 = string, 9 = array.
+_SCALAR_DTYPES = {0: np.dtype("<u1"), 1: np.dtype("<i1"), 2: np.dtype("<u2"), 3: np.dtype("<i2"),
+                  4: np.dtype("<u4"), 5: np.dtype("<i4"), 6: np.dtype("<f4"), 7: np.dtype(np.bool_),
+                  10: np.dtype("<u8"), 11: np.dtype("<i8"), 12: np.dtype("<f8")}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
 _MAX_NAME = 1 << 16  # key / tensor name length
 _MAX_ARRAY = 1 << 24  # metadata array items (a vocabulary has ~10**5)
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+
+
+@dataclass
+class _TensorInfo:
+    name: str
+    dims: Tuple[int, ...]  # GGUF order: row length first
+    ggml_type: int
+    offset: int  # from the start of the data section
+    nbytes: int
+    where: str  # for error messages
+
+
+@dataclass
+class _Header:
+    metadata: Dict[str, Any]  # plain Python values, as gguf's ReaderField.contents() gives them
+    tensors: list  # _TensorInfo, in file order
+    data_start: int  # end of the tensor infos, rounded up to general.alignment
 
 
 class _HeaderScan:
-    """Walk the metadata and tensor-info sections, checking every count and length against the
-    bytes that remain, before ``GGUFReader`` trusts them (it would loop over a corrupted array
-    count of 2**32 one element at a time, long past the end of the file)."""
+    """One pass over the metadata and tensor-info sections: every count and length is checked
+    against the bytes that remain before it sizes anything (a corrupted array count of 2**32
+    must fail at once, not loop far past the end of the file), and what is read is collected.
+
+    Metadata values come out as plain Python: ``str``; ``int``/``float``/``bool`` scalars (a
+    float32 becomes the Python float of that float32); arrays as lists, nested arrays flattened
+    into one list of their items (as ``gguf.GGUFReader``'s ``field.contents()`` returns them).
+    """
 
     def __init__(self, buf, size: int, path: str):
         self.buf, self.size, self.path, self.pos = buf, size, path, 8
         self.where = "header"
 
-    def fail(self, what: str):
-        raise ModelFormatError(f"{self.path}: {what} (at byte {self.pos}, in {self.where})")
+    def fail(self, what: str, at: Optional[int] = None):
+        at = self.pos if at is None else at
+        raise ModelFormatError(f"{self.path}: {what} (at byte {at}, in {self.where})")
 
     def take(self, n: int, what: str) -> int:
         if n < 0 or self.pos + n > self.size:
@@ -325,100 +397,107 @@ class _HeaderScan:
         return start
 
     def u32(self, what: str) -> int:
-        return struct.unpack_from("<I", self.buf, self.take(4, what))[0]
+        return _U32.unpack_from(self.buf, self.take(4, what))[0]
 
     def u64(self, what: str) -> int:
-        return struct.unpack_from("<Q", self.buf, self.take(8, what))[0]
+        return _U64.unpack_from(self.buf, self.take(8, what))[0]
 
-    def string(self, what: str, max_len: int) -> bytes:
+    def string(self, what: str, max_len: int) -> str:
+        """A length-prefixed UTF-8 string."""
         n = self.u64(what + " length")
         if n > max_len:
             self.fail(f"{what} length {n} exceeds {max_len}")
         start = self.take(n, what)
-        return bytes(self.buf[start:start + n])
+        return self.text(self.buf[start:start + n], what, start)
 
-    def value(self, vtype: int, depth: int = 0) -> None:
-        if vtype in _SCALAR_SIZES:
-            self.take(_SCALAR_SIZES[vtype], "value")
-        elif vtype == _STRING:
-            self.string("string value", self.size)
-        elif vtype == _ARRAY:
-            if depth > 2:
-                self.fail("arrays nested too deeply")
-            itype = self.u32("array type")
-            if itype not in _SCALAR_SIZES and itype not in (_STRING, _ARRAY):
-                self.fail(f"unknown array item type {itype}")
-            count = self.u64("array count")
-            if count > _MAX_ARRAY:
-                self.fail(f"array count {count} exceeds {_MAX_ARRAY}")
-            min_item = _SCALAR_SIZES.get(itype, 8 if itype == _STRING else 12)
-            if count * min_item > self.size - self.pos:
-                self.fail(f"array count {count} does not fit in the file")
-            if itype in _SCALAR_SIZES:
-                self.take(count * _SCALAR_SIZES[itype], "array data")
-            else:
-                for _ in range(count):
-                    self.value(itype, depth + 1)
-        else:
-            self.fail(f"unknown metadata value type {vtype}")
-
-    def name(self, what: str) -> str:
-        """A key or tensor name: bounded, UTF-8 (GGUFReader would raise a bare UnicodeDecodeError)."""
-        raw = self.string(what, _MAX_NAME)
+    def text(self, raw: bytes, what: str, at: int) -> str:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            self.fail(f"{what} {raw[:60]!r} is not valid UTF-8")
+            self.fail(f"{what} {raw[:60]!r} is not valid UTF-8", at)
 
-    def run(self) -> None:
-        n_tensors, n_kv = self.u64("tensor count"), self.u64("metadata count")
-        if n_kv * 13 > self.size or n_tensors * 32 > self.size:  # smallest possible entries
-            self.fail(f"tensor count {n_tensors} / metadata count {n_kv} do not fit in the file "
-                      "(truncated or corrupt)")
-        alignment, keys = 32, set()
-        for _ in range(n_kv):
-            self.where = "metadata"
-            key = self.name("metadata key")
-            self.where = f"metadata {key[:80]!r}"
-            if key in keys:
-                self.fail("the key appears twice")
-            keys.add(key)
-            vtype = self.u32("value type")
-            if key == "general.alignment" and vtype == 4:
-                alignment = struct.unpack_from("<I", self.buf, self.pos)[0] if self.pos + 4 <= self.size else 0
-                if alignment == 0 or alignment & (alignment - 1):
-                    self.fail(f"general.alignment {alignment} is not a power of two")
-            self.value(vtype)
-        extents, names = [], set()
-        for _ in range(n_tensors):
-            self.where = "tensor infos"
-            name = self.name("tensor name")
-            self.where = f"tensor info {name[:80]!r}"
-            if name in names:
-                self.fail("a tensor of this name appears twice")
-            names.add(name)
-            extents.append(self._tensor_info())
-        data_start = -(-self.pos // alignment) * alignment
-        end, previous = 0, None
-        for where, offset, n in sorted(extents, key=lambda e: e[1]):
-            self.where = where
-            if offset % alignment:
-                self.fail(f"data offset {offset} is not a multiple of the alignment {alignment}")
-            if data_start + offset + n > self.size:
-                self.fail(f"data (offset {offset}, {n} bytes) lies beyond the end of the file "
-                          f"({self.size} bytes; truncated?)")
-            if offset < end:
-                self.fail(f"data (offset {offset}) overlaps the data of {previous}")
-            end, previous = offset + n, where
+    # ------------------------------------------------------------ metadata
+    def value(self, vtype: int):
+        """One metadata value (its type already read) as a plain Python value."""
+        if vtype in _SCALAR_DTYPES:
+            return self.scalars(vtype, 1)[0]
+        if vtype == _STRING:
+            return self.string("string value", self.size)
+        if vtype == _ARRAY:
+            return self.array(depth=0)
+        self.fail(f"unknown metadata value type {vtype}")
 
-    def _tensor_info(self):
-        """Dims, type and offset of one tensor -> (where, data offset, data bytes)."""
+    def array(self, depth: int) -> list:
+        """Item type, count, items.  Items of a nested array are arrays without a value type."""
+        if depth > 2:
+            self.fail("arrays nested too deeply")
+        itype = self.u32("array type")
+        if itype not in _SCALAR_DTYPES and itype not in (_STRING, _ARRAY):
+            self.fail(f"unknown array item type {itype}")
+        count = self.u64("array count")
+        if count > _MAX_ARRAY:
+            self.fail(f"array count {count} exceeds {_MAX_ARRAY}")
+        min_item = _SCALAR_DTYPES[itype].itemsize if itype in _SCALAR_DTYPES else 8 if itype == _STRING else 12
+        if count * min_item > self.size - self.pos:
+            self.fail(f"array count {count} does not fit in the file")
+        if itype in _SCALAR_DTYPES:
+            return self.scalars(itype, count)
+        if itype == _STRING:
+            return self.strings(count)
+        items: list = []
+        for _ in range(count):  # flattened, as GGUFReader's contents() returns nested arrays
+            items.extend(self.array(depth + 1))
+        return items
+
+    def scalars(self, vtype: int, count: int) -> list:
+        """``count`` numbers of one type, decoded in bulk."""
+        dtype = _SCALAR_DTYPES[vtype]
+        start = self.take(count * dtype.itemsize, "value" if count == 1 else "array data")
+        return np.frombuffer(self.buf, dtype, count, start).tolist() if count else []
+
+    def strings(self, count: int) -> list:
+        """``count`` strings (a vocabulary or a merge list: ~10**5 of them, so a tight loop)."""
+        buf, size, pos, items = self.buf, self.size, self.pos, []
+        for _ in range(count):
+            if pos + 8 > size:
+                self.fail("string length needs 8 bytes but the file ends (truncated or corrupt)", pos)
+            (n,) = _U64.unpack_from(buf, pos)
+            if n > size - pos - 8:
+                self.fail(f"string length {n} does not fit in the file (truncated or corrupt)", pos)
+            items.append(self.text(buf[pos + 8:pos + 8 + n], "string", pos + 8))
+            pos += 8 + n
+        self.pos = pos
+        return items
+
+    def key_value(self, metadata: Dict[str, Any]) -> None:
+        self.where = "metadata"
+        key = self.string("metadata key", _MAX_NAME)
+        self.where = f"metadata {key[:80]!r}"
+        if key in metadata:
+            self.fail("the key appears twice")
+        vtype = self.u32("value type")
+        if key == "general.alignment" and vtype != _UINT32:
+            self.fail(f"general.alignment has value type {vtype} (expected uint32, type {_UINT32})")
+        value = self.value(vtype)
+        if key == "general.alignment" and (value == 0 or value & (value - 1)):
+            self.fail(f"general.alignment {value} is not a power of two")
+        metadata[key] = value
+
+    # -------------------------------------------------------- tensor infos
+    def tensor_info(self, seen: set) -> _TensorInfo:
+        """Name, dims, type and data offset of one tensor."""
+        self.where = "tensor infos"
+        name = self.string("tensor name", _MAX_NAME)
+        self.where = f"tensor info {name[:80]!r}"
+        if name in seen:
+            self.fail("a tensor of this name appears twice")
+        seen.add(name)
         n_dims = self.u32("dimension count")
         if not 1 <= n_dims <= 4:
             self.fail(f"{n_dims} dimensions (expected 1 to 4)")
-        dims = [self.u64("dimension") for _ in range(n_dims)]
+        dims = tuple(self.u64("dimension") for _ in range(n_dims))
         if any(not 1 <= d <= _MAX_DIM for d in dims):
-            self.fail(f"dimensions {dims} out of range (each must be in [1, {_MAX_DIM}])")
+            self.fail(f"dimensions {list(dims)} out of range (each must be in [1, {_MAX_DIM}])")
         ggml_type = self.u32("tensor type")
         offset = self.u64("data offset")
         if ggml_type not in GGML_TYPES:
@@ -429,40 +508,37 @@ class _HeaderScan:
         type_name_, block, type_size = GGML_TYPES[ggml_type]
         if dims[0] % block:
             self.fail(f"row length {dims[0]} is not a multiple of the {type_name_} block size {block}")
-        return self.where, offset, int(np.prod(dims, dtype=object)) // block * type_size
+        nbytes = int(np.prod(dims, dtype=object)) // block * type_size
+        return _TensorInfo(name, dims, ggml_type, offset, nbytes, self.where)
 
+    def check_extents(self, infos, data_start: int, alignment: int) -> None:
+        """Every tensor's bytes lie inside the file, aligned, and no two overlap."""
+        end, previous = 0, None
+        for t in sorted(infos, key=lambda t: t.offset):
+            self.where = t.where
+            if t.offset % alignment:
+                self.fail(f"data offset {t.offset} is not a multiple of the alignment {alignment}")
+            if data_start + t.offset + t.nbytes > self.size:
+                self.fail(f"data (offset {t.offset}, {t.nbytes} bytes) lies beyond the end of the file "
+                          f"({self.size} bytes; truncated?)")
+            if t.offset < end:
+                self.fail(f"data (offset {t.offset}) overlaps the data of {previous}")
+            end, previous = t.offset + t.nbytes, t.where
 
-_CACHE_MIN_BYTES = 1 << 20  # small files parse fast; don't let them evict a real model
-
-
-def clear_reader_cache() -> None:
-    """Forget parsed readers: frees their metadata objects and unmaps files no weight still uses."""
-    _open_reader.cache_clear()
-
-
-@functools.lru_cache(maxsize=2)
-def _open_reader(real_path: str, size: int, mtime_ns: int):
-    """Parse the file once per (path, size, mtime): GGUFReader takes seconds on a large vocabulary."""
-    import gguf  # imported lazily: about 0.2 s
-
-    try:
-        return gguf.GGUFReader(real_path, "r")
-    except _READER_ERRORS as e:
-        raise ModelFormatError(f"{real_path}: malformed GGUF file ({type(e).__name__}: {e})") from None
-    except RecursionError as e:  # pragma: no cover - deeply nested arrays
-        raise ModelFormatError(f"{real_path}: malformed GGUF file ({e})") from None
-
-
-def _plain_metadata(reader) -> Dict[str, Any]:
-    md: Dict[str, Any] = {}
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            md[key] = f.contents()
-        except UnicodeDecodeError:
-            raise ModelFormatError(f"metadata {key!r} holds a string that is not UTF-8") from None
-    return md
+    def run(self) -> _Header:
+        n_tensors, n_kv = self.u64("tensor count"), self.u64("metadata count")
+        if n_kv * 13 > self.size or n_tensors * 32 > self.size:  # smallest possible entries
+            self.fail(f"tensor count {n_tensors} / metadata count {n_kv} do not fit in the file "
+                      "(truncated or corrupt)")
+        metadata: Dict[str, Any] = {}
+        for _ in range(n_kv):
+            self.key_value(metadata)
+        seen: set = set()
+        infos = [self.tensor_info(seen) for _ in range(n_tensors)]
+        alignment = metadata.get("general.alignment", 32)
+        data_start = -(-self.pos // alignment) * alignment
+        self.check_extents(infos, data_start, alignment)
+        return _Header(metadata, infos, data_start)
 
 
 def _architecture(md: Dict[str, Any]) -> str:
@@ -475,32 +551,26 @@ def _architecture(md: Dict[str, Any]) -> str:
     return arch
 
 
-def _raw_tensors(reader) -> Dict[str, RawTensor]:
-    """GGUF name -> RawTensor (shape in HF order), checking type and byte size."""
+def _raw_tensors(header: _Header, file_bytes: np.ndarray) -> Dict[str, RawTensor]:
+    """GGUF name -> RawTensor: a read-only view of the mapped file (``file_bytes``, uint8).
+
+    The views have the dtype and shape ``gguf.GGUFReader`` gives ``tensor.data``: float32 or
+    float16 ``shape`` for F32/F16, uint8 ``[rows, row_bytes]`` for quantized types and BF16.
+    """
     out: Dict[str, RawTensor] = {}
-    for t in reader.tensors:
-        ggml_type = int(t.tensor_type)
-        if ggml_type not in GGML_TYPES:
-            raise ModelFormatError(
-                f"tensor {t.name!r} has GGML type {t.tensor_type.name} ({ggml_type}), which npllm cannot "
-                f"load (supported: {', '.join(n for n, _, _ in GGML_TYPES.values())})")
-        type_name, block, type_size = GGML_TYPES[ggml_type]
-        dims = [int(d) for d in t.shape]
-        if not 1 <= len(dims) <= 2 or any(not 1 <= d <= _MAX_DIM for d in dims):
-            raise ModelFormatError(f"tensor {t.name!r} has invalid dims {dims}")
-        if dims[0] % block != 0:
-            raise ModelFormatError(
-                f"tensor {t.name!r}: row length {dims[0]} is not a multiple of the {type_name} block ({block})")
-        shape = tuple(reversed(dims))  # HF order: [out, in]
-        rows = shape[0] if len(shape) == 2 else 1
-        expected = rows * (dims[0] // block) * type_size
-        if t.data.nbytes != expected:
-            raise ModelFormatError(
-                f"tensor {t.name!r}: {t.data.nbytes} bytes of data, expected {expected} (file truncated?)")
-        data = t.data
-        if ggml_type not in FLOAT_TYPES and data.ndim == 1:
-            data = data.reshape(1, -1)  # uniform [rows, row_bytes]
-        out[t.name] = RawTensor(t.name, ggml_type, type_name, shape, data)
+    for t in header.tensors:
+        if len(t.dims) > 2:
+            raise ModelFormatError(f"tensor {t.name!r} has {len(t.dims)} dims {list(t.dims)} "
+                                   "(npllm loads 1-D and 2-D tensors)")
+        type_name, block, type_size = GGML_TYPES[t.ggml_type]
+        shape = tuple(reversed(t.dims))  # HF order: [out, in]
+        start = header.data_start + t.offset
+        data = file_bytes[start:start + t.nbytes]
+        if t.ggml_type in FLOAT_TYPES:
+            data = data.view(np.float32 if t.ggml_type == 0 else np.float16).reshape(shape)
+        else:
+            data = data.reshape(-1, t.dims[0] // block * type_size)  # [rows, row_bytes]
+        out[t.name] = RawTensor(t.name, t.ggml_type, type_name, shape, data, file_offset=start)
     return out
 
 
@@ -611,4 +681,5 @@ def _unpermuted(t: RawTensor, n_head: int) -> RawTensor:
     if t.data.shape[0] != t.shape[0]:
         raise ModelFormatError(f"tensor {t.name!r}: cannot reorder the rows of a quantized 1-D tensor")
     data = np.ascontiguousarray(t.data[perm])  # rows are whole blocks: exact for every type
-    return RawTensor(t.name, t.ggml_type, t.type_name, t.shape, data, unpermuted=True)
+    return RawTensor(t.name, t.ggml_type, t.type_name, t.shape, data, unpermuted=True,
+                     file_offset=t.file_offset)
