@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import apply_rope, attention, decode_attention, layer_norm, linear, mlp, rms_norm, swiglu
+from .ops import apply_rope, attention, decode_attention, layer_norm, linear, mlp, rms_norm
 from .io.quants import QuantizedWeight
 from .io.quants import _use_reference as quants_reference
 from .ops.decode_layer import decode_layer
 from .ops.linear import fuse_rows
+from .ops.mlp import swiglu_fused
 
 
 class Norm:
@@ -124,6 +125,5 @@ class TransformerBlock:
         h = self.post_attention_layernorm(x)
         if self.gate_up_proj is None:
             return x + mlp(h, self.gate_proj, self.up_proj, self.down_proj)
-        gate_up = linear(h, self.gate_up_proj)                   # [B, 2F]
-        F = gate_up.shape[1] // 2
-        return x + linear(swiglu(gate_up[:, :F], gate_up[:, F:]), self.down_proj)
+        gate_up = linear(h, self.gate_up_proj)                   # [B, 2F] = [gate | up]
+        return x + linear(swiglu_fused(gate_up), self.down_proj)

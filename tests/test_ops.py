@@ -85,6 +85,48 @@ def test_swiglu_kernel_equals_reference_and_torch(g, u):
     assert np.allclose(swiglu_ref(g, u), expected, atol=1e-10)
 
 
+@given(rows(max_rows=20), st.integers(1, 3))
+def test_fused_gate_up_swiglu_equals_torch(gu, dims):
+    # [gate | up] as one array (the fused gate|up weight's output) -> silu(gate) * up
+    from npllm.ops.mlp import swiglu_fused
+
+    gu = np.concatenate([gu, gu[:, ::-1] * 0.5], axis=-1)                  # even last axis
+    if dims == 3:
+        gu = gu[None]
+    half = gu.shape[-1] // 2
+    expected = (F.silu(torch.from_numpy(gu[..., :half])) * torch.from_numpy(gu[..., half:])).numpy()
+    assert np.allclose(swiglu_fused(gu), expected, atol=1e-10)
+    got32 = swiglu_fused(gu.astype(np.float32))
+    assert got32.dtype == np.float32
+    assert np.allclose(got32, expected, rtol=1e-5, atol=1e-5 * (1 + np.abs(gu).max()))
+
+
+def test_exp32_is_within_two_ulps_of_exp():
+    # The vectorisable float32 exp (npllm/ops/fastexp.py) against float64 exp, rounded.
+    from npllm._jit import njit
+    from npllm.ops.fastexp import exp32
+
+    @njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp32(x[i])
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-110, 88.72, 400_000), rng.uniform(-1, 1, 100_000),
+                        [0.0, -0.0, 88.72283, -87.33, -103.9, 1e-30, -1e-30]]).astype(np.float32)
+    got = np.empty_like(x)
+    apply(x, got)
+    exact = np.exp(x.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(got - exact) <= 2 * ulp)
+    special = np.array([np.nan, np.inf, -np.inf, 89.0, 1000.0, -104.0, -1000.0], np.float32)
+    out = np.empty_like(special)
+    apply(special, out)
+    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == 0.0
+    assert np.all(out[3:5] == np.inf) and np.all(out[5:] == 0.0)
+    assert exp32(np.float64(1.0)) == np.exp(1.0)                            # float64: NumPy's exp
+
+
 # --------------------------------------------------------------------------- RoPE
 @pytest.mark.parametrize("theta", [10000.0, 100000.0])
 def test_rope_kernel_equals_reference_and_torch(rng, theta):

@@ -12,6 +12,7 @@ matmul broadcast K/V over the group axis; the kernel simply reads K/V head
 import numpy as np
 
 from .._jit import njit, njit_parallel, prange, reference_mode
+from .fastexp import exp32
 from .softmax import softmax_ref
 
 
@@ -63,7 +64,7 @@ def _attend_one(q, k, v, allowed, out, scores):
     total = m - m
     for s in range(S):                   # softmax numerators (masked keys weigh 0)
         if allowed[s]:
-            p = np.exp(scores[s] - m)
+            p = exp32(scores[s] - m)
             total += p
             scores[s] = p
         else:

@@ -5,7 +5,7 @@ each costing a few microseconds of interpreter and Numba dispatch.  For SmolLM2'
 layers that is over a millisecond per token, a sixth of decoding.  ``decode_layer`` does
 the same math in one call into Numba.  It calls the very kernels the op-by-op path uses
 (``_rms_norm_kernel``, the quantized matrix driver ``_run``, ``_decode_attention_kernel``,
-``_swiglu_kernel``), so the results are the same; only the Python between them is gone.
+``_swiglu_fused_kernel``), so the results are the same; only the Python between them is gone.
 
     x:  [B, D]                 one new token per row
     h = rms_norm(x) -> qkv = h Wqkv^T (+ b) -> RoPE, cache append, attention -> y
@@ -21,7 +21,7 @@ import numpy as np
 from .._jit import njit
 from ..io import quant_kernels as qk
 from .attention import _decode_attention_kernel
-from .mlp import _swiglu_kernel
+from .mlp import _swiglu_fused_kernel
 from .norm import _rms_norm_kernel
 
 
@@ -54,9 +54,8 @@ def _decode_layer(x, ln1, ln2, eps, qkv, qkv_bias, o, gate_up, down, cos, sin,
     x = x + _matmul(o[0], o[1], o[2], att)                           # [B, D]
     _rms_norm_kernel(x, ln2, eps, h)
     gu = _matmul(gate_up[0], gate_up[1], gate_up[2], h)              # [B, 2F]
-    F = gate_up[2] // 2
-    act = np.empty((B, F), np.float32)
-    _swiglu_kernel(gu[:, :F], gu[:, F:], act)
+    act = np.empty((B, gate_up[2] // 2), np.float32)
+    _swiglu_fused_kernel(gu, act)
     return x + _matmul(down[0], down[1], down[2], act)
 
 
