@@ -42,7 +42,7 @@ def _decode_layer(x, ln1, ln2, eps, qkv, qkv_bias, o, gate_up, down, cos, sin,
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     nkv = Hkv * Dh
     nq = qkv[2] - 2 * nkv
-    h = np.empty_like(x)
+    h = np.empty((B, D), np.float32)
     _rms_norm_kernel(x, ln1, eps, h)
     y = _matmul(qkv[0], qkv[1], qkv[2], h)                           # [B, nq + 2 nkv]
     if qkv_bias.size:

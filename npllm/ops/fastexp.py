@@ -31,7 +31,6 @@ _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693145751953125)       # ln 2 rounded to 16 significant bits
 _LN2_LO = np.float32(1.4286068203094173e-06)   # ln 2 - _LN2_HI
 _LO, _HI = np.float32(-103.9), np.float32(88.72283)  # exp(_LO) rounds to 0, exp(_HI) is finite
-_INV_FACT = tuple(np.float32(1.0 / f) for f in (1, 1, 2, 6, 24, 120, 720, 5040))
 
 
 def exp32(x):
@@ -59,15 +58,14 @@ def _exp_f32(x):
         xc = _HI
     k = np.floor(xc * _LOG2E + np.float32(0.5))
     r = (xc - k * _LN2_HI) - k * _LN2_LO
-    c = _INV_FACT
-    p = c[7]
-    p = p * r + c[6]
-    p = p * r + c[5]
-    p = p * r + c[4]
-    p = p * r + c[3]
-    p = p * r + c[2]
-    p = p * r + c[1]
-    p = p * r + c[0]
+    p = np.float32(1 / 5040)              # exp(r) = sum r**n / n!, in Horner form
+    p = p * r + np.float32(1 / 720)
+    p = p * r + np.float32(1 / 120)
+    p = p * r + np.float32(1 / 24)
+    p = p * r + np.float32(1 / 6)
+    p = p * r + np.float32(1 / 2)
+    p = p * r + np.float32(1)
+    p = p * r + np.float32(1)
     half = np.int32(k) >> np.int32(1)
     y = (p * _f32_from_bits((half + np.int32(127)) << np.int32(23))) \
         * _f32_from_bits((np.int32(k) - half + np.int32(127)) << np.int32(23))
