@@ -26,3 +26,4 @@ lessons: install model
 bench: install model
 	$(PIP) install -q "torch==2.13.0" transformers accelerate psutil llama-cpp-python
 	$(PYTHON) benchmarks/bench_generate.py
+	$(PYTHON) benchmarks/bench_memory.py
