@@ -44,10 +44,24 @@ def attention_ref(q, k, v, allowed):
 @njit
 def _attend_one(q, k, v, allowed, out, scores):
     # One query against its keys. q: [Dh], already scaled by 1/sqrt(Dh); k, v: [S, Dh];
-    # allowed: [S]; out: [Dh]; scores: scratch [>= S].  Each loop is a simple one over a
-    # contiguous row, which LLVM vectorises; every value stays in q's dtype (no float64 exp).
+    # allowed: [S]; out: [Dh]; scores: scratch [>= S].  Each inner loop runs over a contiguous
+    # row, which LLVM vectorises; four keys go together, so four independent sums hide the
+    # latency of each other's additions.  Every value stays in q's dtype (exp32: lesson 07).
     S, Dh = k.shape
-    for s in range(S):                   # scores = k q
+    s = 0
+    while s + 4 <= S:                    # scores = k q
+        d0 = q[0] * k[s, 0]
+        d1 = q[0] * k[s + 1, 0]
+        d2 = q[0] * k[s + 2, 0]
+        d3 = q[0] * k[s + 3, 0]
+        for d in range(1, Dh):
+            d0 += q[d] * k[s, d]
+            d1 += q[d] * k[s + 1, d]
+            d2 += q[d] * k[s + 2, d]
+            d3 += q[d] * k[s + 3, d]
+        scores[s], scores[s + 1], scores[s + 2], scores[s + 3] = d0, d1, d2, d3
+        s += 4
+    for s in range(s, S):
         dot = q[0] * k[s, 0]
         for d in range(1, Dh):
             dot += q[d] * k[s, d]
@@ -69,7 +83,13 @@ def _attend_one(q, k, v, allowed, out, scores):
             scores[s] = p
         else:
             scores[s] = 0
-    for s in range(S):                   # out = sum_s p_s v_s / sum_s p_s
+    s = 0
+    while s + 4 <= S:                    # out = sum_s p_s v_s / sum_s p_s
+        p0, p1, p2, p3 = scores[s], scores[s + 1], scores[s + 2], scores[s + 3]
+        for d in range(Dh):
+            out[d] += p0 * v[s, d] + p1 * v[s + 1, d] + p2 * v[s + 2, d] + p3 * v[s + 3, d]
+        s += 4
+    for s in range(s, S):
         p = scores[s]
         for d in range(Dh):
             out[d] += p * v[s, d]
