@@ -157,3 +157,31 @@ def test_perplexity_fast_path_equals_fp32_reference_path_and_hf(hf, ours, smollm
     hf_ppl = float(np.exp(total / count))
     assert abs(fast.perplexity / hf_ppl - 1) < 1e-3, (fast.perplexity, hf_ppl)
     assert 1.0 < fast.perplexity < 100.0  # an English story, not noise
+
+
+def test_reference_paths_give_the_same_greedy_tokens(ours, smollm2_gguf):
+    # Issue 5: the pure-NumPy path (npllm's switch, and Numba switched off altogether in a
+    # fresh process) generates the same tokens as the kernels.
+    import json
+    import subprocess
+    import sys
+
+    from npllm import _jit
+
+    model, tok = ours
+    ids = np.array([tok.encode("The three laws of thermodynamics are")])
+    fast = model.generate(ids, max_new_tokens=8, temperature=0)[0].tolist()
+    _jit.use_reference(True)
+    try:
+        ref = model.generate(ids, max_new_tokens=8, temperature=0)[0].tolist()
+    finally:
+        _jit.use_reference(False)
+    assert ref == fast
+    code = ("import json, sys, numpy as np, npllm; m, t = npllm.load(sys.argv[1]); "
+            "ids = np.array([t.encode('The three laws of thermodynamics are')]); "
+            "print(json.dumps(m.generate(ids, max_new_tokens=4, temperature=0)[0].tolist()))")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    out = subprocess.run([sys.executable, "-c", code, smollm2_gguf], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == fast[:ids.shape[1] + 4]
