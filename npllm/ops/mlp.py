@@ -21,29 +21,30 @@ def swiglu_ref(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 @njit
-def _swiglu_kernel(gate, up, out):
-    # gate, up, out: [N, F]; one fused pass per row instead of three temporaries.  exp32
-    # (lesson 07) lets LLVM vectorise the first loop; ``one`` keeps float32 math in float32.
-    n, f = gate.shape
-    one = np.ones(1, out.dtype)[0]
-    for i in range(n):
-        for j in range(f):
-            out[i, j] = exp32(-gate[i, j])
-        for j in range(f):
-            out[i, j] = gate[i, j] / (one + out[i, j]) * up[i, j]
-
-
-@njit
-def _swiglu_fused_kernel(gate_up, out):
-    # gate_up: [N, 2F] C-contiguous (gate | up, as a fused weight produces it); out: [N, F].
-    # The halves are read by index, not as views, so the loops see unit strides and vectorise.
+def _swiglu_cols(a, a0, b, b0, out):
+    # out[i, j] = silu(a[i, a0 + j]) * b[i, b0 + j]  (out: [N, F]).  Two passes per row and no
+    # temporaries; exp32 (lesson 07) lets LLVM vectorise the first; ``one`` keeps float32 math
+    # in float32.  The offsets let a fused [gate | up] array be read in place: slicing it into
+    # views would give Numba arrays of unknown stride, whose loops do not vectorise.
     n, f = out.shape
     one = np.ones(1, out.dtype)[0]
     for i in range(n):
         for j in range(f):
-            out[i, j] = exp32(-gate_up[i, j])
+            out[i, j] = exp32(-a[i, a0 + j])
         for j in range(f):
-            out[i, j] = gate_up[i, j] / (one + out[i, j]) * gate_up[i, f + j]
+            out[i, j] = a[i, a0 + j] / (one + out[i, j]) * b[i, b0 + j]
+
+
+@njit
+def _swiglu_kernel(gate, up, out):
+    # gate, up, out: [N, F]
+    _swiglu_cols(gate, 0, up, 0, out)
+
+
+@njit
+def _swiglu_fused_kernel(gate_up, out):
+    # gate_up: [N, 2F] (gate | up, as a fused weight produces it); out: [N, F]
+    _swiglu_cols(gate_up, 0, gate_up, out.shape[1], out)
 
 
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
