@@ -18,9 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from .ops import apply_rope, attention, decode_attention, layer_norm, linear, mlp, rms_norm
-from .io.quants import QuantizedWeight
 from .io.quants import _use_reference as quants_reference
-from .ops.decode_layer import decode_layer
+from .ops.decode_layer import decode_layer, one_call_args
 from .ops.linear import fuse_rows
 from .ops.mlp import swiglu_fused
 
@@ -101,15 +100,8 @@ class TransformerBlock:
             self.gate_up_proj, _, (self.gate_proj, self.up_proj) = fused
             p[prefix + "mlp.gate_proj.weight"], p[prefix + "mlp.up_proj.weight"] = fused[2]
         # The whole decode step of this layer can run as one Numba call (ops/decode_layer.py)
-        # when its matrices are quantized and its norms are RMSNorms with float32 weights.
-        a = self.self_attn
-        self.one_call = (all(isinstance(w, QuantizedWeight) for w in (a.qkv_proj, a.o_proj, self.gate_up_proj,
-                                                                    self.down_proj))
-                         and a.o_bias is None and self.input_layernorm.bias is None
-                         and self.post_attention_layernorm.bias is None
-                         and self.input_layernorm.weight.dtype == np.float32
-                         and self.post_attention_layernorm.weight.dtype == np.float32
-                         and (a.qkv_bias is None or a.qkv_bias.dtype == np.float32))
+        # when its matrices are quantized; None otherwise.
+        self.one_call = one_call_args(self)
 
     def __call__(self, x, cos, sin, allowed, cache):
         # x: [B, T, D]
@@ -119,8 +111,9 @@ class TransformerBlock:
 
     def decode(self, x, cos, sin, key_mask, cache):
         # x: [B, D], one new token per row; cache: a preallocated KVCache
-        if self.one_call and x.dtype == np.float32 and not quants_reference():
-            return decode_layer(self, x, cos, sin, key_mask, cache)
+        if self.one_call is not None and x.dtype == np.float32 and not quants_reference():
+            return decode_layer(self.one_call, x, cos, sin, key_mask,
+                                cache.keys[self.idx], cache.values[self.idx], cache.length)
         x = x + self.self_attn.decode(self.input_layernorm(x), cos, sin, key_mask, cache, self.idx)
         h = self.post_attention_layernorm(x)
         if self.gate_up_proj is None:

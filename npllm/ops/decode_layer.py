@@ -63,12 +63,24 @@ def _weight_args(w):
     return (w.ggml_type, w._addresses(), w.shape[0])
 
 
-def decode_layer(block, x, cos, sin, key_mask, cache):
-    """``block.decode(x, ...)`` in one Numba call (x: [B, D] float32; see the module docstring)."""
-    attn = block.self_attn
-    bias = attn.qkv_bias if attn.qkv_bias is not None else np.zeros(0, np.float32)
-    return _decode_layer(
-        x, block.input_layernorm.weight, block.post_attention_layernorm.weight,
-        np.float32(block.input_layernorm.eps), _weight_args(attn.qkv_proj), bias,
-        _weight_args(attn.o_proj), _weight_args(block.gate_up_proj), _weight_args(block.down_proj),
-        cos, sin, cache.keys[block.idx], cache.values[block.idx], cache.length, key_mask)
+def one_call_args(block):
+    """The layer's weights as ``_decode_layer`` takes them, or None if the layer does not qualify
+    (its four matrices quantized, q|k|v and gate|up fused, RMSNorms, no o_proj bias, float32).
+    Computed once per layer: the weights' addresses do not change while the block holds them."""
+    from ..io.quants import QuantizedWeight
+
+    a, n1, n2 = block.self_attn, block.input_layernorm, block.post_attention_layernorm
+    weights = (a.qkv_proj, a.o_proj, block.gate_up_proj, block.down_proj)
+    if not (all(isinstance(w, QuantizedWeight) for w in weights) and a.o_bias is None
+            and n1.bias is None and n2.bias is None
+            and n1.weight.dtype == np.float32 and n2.weight.dtype == np.float32
+            and (a.qkv_bias is None or a.qkv_bias.dtype == np.float32)):
+        return None
+    bias = a.qkv_bias if a.qkv_bias is not None else np.zeros(0, np.float32)
+    qkv, o, gate_up, down = (_weight_args(w) for w in weights)
+    return (n1.weight, n2.weight, np.float32(n1.eps), qkv, bias, o, gate_up, down)
+
+
+def decode_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
+    """One layer's decode step (x: [B, D] float32) in one Numba call; ``args`` from ``one_call_args``."""
+    return _decode_layer(x, *args, cos, sin, k_cache, v_cache, length, key_mask)
