@@ -47,21 +47,18 @@ def _load_model(path: str, dtype, dequantize: bool, progress: bool):
         tensors = dict(_progress(ckpt.tensors.items(), len(ckpt.tensors), "loading", progress))
         config = ckpt.config
     elif path.endswith(".gguf"):
-        from .io.gguf import clear_reader_cache, read_gguf
+        from .io.gguf import read_gguf
         from .io.quants import as_array_or_quantized, dequantize as dequantize_raw
 
         ckpt = read_gguf(path)
-        clear_reader_cache()  # drop the parser's per-field objects; the tensors keep the file mapped
         config = ckpt.config
-        release = getattr(ckpt, "release", None)
         tensors = {}
         for key, raw in _progress(ckpt.tensors.items(), len(ckpt.tensors), "loading", progress):
             if dequantize:
                 tensors[key] = dequantize_raw(raw.data, raw.ggml_type, raw.shape)
             else:
                 tensors[key] = as_array_or_quantized(raw.data, raw.ggml_type, raw.shape)
-            if release is not None:
-                release(raw)  # the file's pages of this tensor leave our RSS (views re-read them)
+            ckpt.release(raw)  # the file's pages of this tensor leave our RSS (views re-read them)
     else:
         from .io.safetensors import PICKLE_SUFFIXES, pickle_refusal
 

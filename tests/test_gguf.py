@@ -598,12 +598,9 @@ def test_read_gguf_stays_small(smollm2_gguf):
     keeps plain Python values (~11 MB), the copied Q/K rows (~8 MB) and no header pages."""
     import gc
 
-    from npllm.io.gguf import clear_reader_cache
-
     gc.collect()
     before = _rss_bytes()
     ck = read_gguf(smollm2_gguf)
     grown = _rss_bytes() - before
     assert grown < 48 << 20, f"read_gguf grew RSS by {grown >> 20} MB"
-    clear_reader_cache()  # kept for old callers: a no-op that leaves the tensors usable
     assert ck.tensors["model.norm.weight"].to_float32().shape == (576,)

@@ -301,14 +301,6 @@ def read_gguf_metadata(path) -> Dict[str, Any]:
     return header.metadata
 
 
-def clear_reader_cache() -> None:
-    """Nothing to clear any more: kept for callers from the days of ``gguf.GGUFReader``.
-
-    npllm now parses the header itself in one pass (a fraction of a second for a 49152-token
-    vocabulary) and keeps no parse cache; a checkpoint's tensors keep its file mapped.
-    """
-
-
 def _open(path):
     """-> (path, read-only memory map of the whole file, its parsed ``_Header``)."""
     path = os.fspath(path)
