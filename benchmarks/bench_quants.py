@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from npllm.io.quants import BLOCK_LAYOUT, Q4_1, Q8_0, QuantizedWeight, type_name  # noqa: E402
+from npllm.quant.weight import BLOCK_LAYOUT, Q4_1, Q8_0, QuantizedWeight, type_name  # noqa: E402
 
 D, F, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
 LAYER_SHAPES = [("q", D, D), ("k", KV, D), ("v", KV, D), ("o", D, D), ("gate", F, D), ("up", F, D), ("down", D, F)]
@@ -75,7 +75,7 @@ def bench_launch(repeat, rng):
     x = np.ones((1, 32), np.float32)
     out = np.empty((1, 8), np.float32)
     med, best = timed(lambda: w.matmul(x, out=out), repeat * 10)
-    from npllm.io.quant_kernels import MATVEC1, _run
+    from npllm.quant.kernels import MATVEC1, _run
 
     pl = w._addresses()
     med_raw, _ = timed(lambda: _run(MATVEC1, Q4_1, pl, x, out, 0, 2), repeat * 10)

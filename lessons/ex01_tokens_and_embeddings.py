@@ -3,7 +3,7 @@ tokens, streaming decode, embeddings and weight tying.
 
 Run: python -m lessons 1   (or python -m lessons.ex01_tokens_and_embeddings [--quick])
 Reads: npllm/tokenizer.py (Tokenizer, byte_alphabet, IncrementalDecoder), npllm/io/gguf.py
-(read_gguf_metadata), npllm/io/quants.py (QuantizedWeight.take_rows), npllm/model.py (CausalLM._embed).
+(read_gguf_metadata), npllm/quant/weight.py (QuantizedWeight.take_rows), npllm/model.py (CausalLM._embed).
 """
 
 import sys

@@ -2,7 +2,7 @@
 directory round trip, chat templates, and the quantized model against its dequantized twin.
 
 Run: python -m lessons 6   (or python -m lessons.ex06_real_checkpoints [--quick])
-Reads: npllm/io/gguf.py (read_gguf, gguf_to_hf_key, unpermute_qk_rows), npllm/io/quants.py
+Reads: npllm/io/gguf.py (read_gguf, gguf_to_hf_key, unpermute_qk_rows), npllm/quant/weight.py
 (BLOCK_LAYOUT, dequantize, QuantizedWeight), npllm/io/safetensors.py (read_hf_directory),
 npllm/loading.py (load), npllm/chat.py (render_chat_template, ChatTemplateError).
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 import npllm
 from npllm import CausalLM, ModelConfig
-from npllm.io import quants
+from npllm.quant import weight as quants
 from npllm.io.gguf import gguf_to_hf_key, read_gguf
 from npllm.models import resolve_model
 
@@ -91,7 +91,7 @@ def blocks_by_hand(ckpt):
     import gguf.quants
     theirs = gguf.quants.dequantize(raw[:1], t.ggml_type).reshape(-1)[:32]
     show("w = d * q + m (by hand)", w)
-    print(f"max |by hand - npllm.io.quants.dequantize| = {np.abs(w - ours).max():.3g}; "
+    print(f"max |by hand - npllm.quant.dequantize| = {np.abs(w - ours).max():.3g}; "
           f"max |by hand - gguf.quants.dequantize| = {np.abs(w - theirs).max():.3g}")
 
     e = ckpt.tensors["model.embed_tokens.weight"]

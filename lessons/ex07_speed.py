@@ -3,8 +3,8 @@ measured prefill/decode speed, kernels vs NumPy references, Python overhead, thr
 and the benchmark table from benchmarks/results/latest.json.
 
 Run: python -m lessons 7   (or python -m lessons.ex07_speed [--quick])
-Reads: npllm/_jit.py (njit, use_reference, set_num_threads), npllm/io/quants.py (QuantizedWeight.matmul),
-npllm/io/quant_kernels.py, npllm/ops/*.py (the *_ref / kernel pairs), benchmarks/bench_generate.py.
+Reads: npllm/_jit.py (njit, use_reference, set_num_threads), npllm/quant/weight.py (QuantizedWeight.matmul),
+npllm/quant/kernels.py, npllm/ops/*.py (the *_ref / kernel pairs), benchmarks/bench_generate.py.
 """
 
 import json

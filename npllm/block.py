@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ops import apply_rope, attention, decode_attention, layer_norm, linear, mlp, rms_norm
-from .io.quants import _use_reference as quants_reference
+from .quant.weight import _use_reference as quants_reference
 from .ops.decode_layer import decode_layer, one_call_args
 from .ops.linear import fuse_rows
 from .ops.mlp import swiglu_fused

@@ -152,9 +152,25 @@ class CausalLM:
     def from_pretrained(cls, source=None, dtype=np.float32, dequantize: bool = False,
                         progress: bool = False) -> "CausalLM":
         """Load an alias (default ``"smollm2-135m-instruct"``), a ``.gguf`` file or an HF directory."""
-        from .loading import load_model
+        from .io.checkpoint import read_checkpoint
+        from .models import resolve_model
 
-        return load_model(source, dtype=dtype, dequantize=dequantize, progress=progress)
+        path = resolve_model(source)
+        config, tensors, _ = read_checkpoint(path, dequantize=dequantize, progress=progress)
+        return cls.from_tensors(config, tensors, dtype=dtype, source=path)
+
+    @classmethod
+    def from_tensors(cls, config: ModelConfig, tensors: Dict[str, object], dtype=np.float32,
+                     source: Optional[str] = None) -> "CausalLM":
+        """A model holding ``tensors`` (HF names; consumed: the dict is emptied)."""
+        from .io.checkpoint import return_freed_memory
+
+        model = cls(config, dtype=dtype, init=False)
+        model.load_state_dict(tensors)
+        model.source = source
+        tensors.clear()
+        return_freed_memory()
+        return model
 
     def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
         """A preallocated KV cache for ``generate`` (seed pitfall 1: one buffer per layer)."""

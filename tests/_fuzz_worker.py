@@ -3,8 +3,8 @@
 It runs in its own process, with its address space capped (``RLIMIT_AS``), so that a crash, a
 hang or a huge allocation in the loaders fails one fuzz case instead of the test run.
 
-For each path it runs what a user would: ``npllm.load(path)`` (the full ``load_model`` plus the
-tokenizer), a forward pass, a 2-token greedy ``generate``, and, if the tokenizer came with a
+For each path it runs what a user would: ``npllm.load(path)`` (``read_checkpoint``,
+``CausalLM.from_tensors`` and the tokenizer), a forward pass, a 2-token greedy ``generate``, and, if the tokenizer came with a
 chat template, a render.  It reports
 
     {"case": ..., "outcome": "loaded" | "npllm_error" | "not_found" | "bad", "stage": ...,
@@ -77,7 +77,7 @@ def run_quant_case(spec: dict) -> dict:
     import numpy as np
 
     from npllm.errors import NpllmError
-    from npllm.io import quants
+    from npllm.quant import weight as quants
 
     result = {"case": "quant", "outcome": "loaded", "stage": spec["api"], "error": None, "message": ""}
     raw = np.frombuffer(bytes.fromhex(spec["raw"]), np.uint8)

@@ -2,8 +2,8 @@
 
 Each test writes a small valid model (a 2-layer llama GGUF with Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K/
 F16/BF16/F32 tensors and a tokenizer; an HF directory with config.json and model.safetensors),
-mutates it, and loads every mutant through ``npllm.load`` (the full ``load_model`` plus the
-tokenizer) and a forward pass, in ONE long-lived worker subprocess (tests/_fuzz_worker.py) with
+mutates it, and loads every mutant through ``npllm.load`` (``read_checkpoint``,
+``CausalLM.from_tensors`` and the tokenizer) and a forward pass, in ONE long-lived worker subprocess (tests/_fuzz_worker.py) with
 its address space capped at 4 GiB.  A case passes if it loads (finite logits, or non-finite
 logits that generation reports) or raises an ``npllm.errors`` error that is a ``ValueError``
 whose message names the file; a raw ``struct.error``/``KeyError``/``MemoryError``..., a crash

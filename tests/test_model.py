@@ -261,7 +261,7 @@ def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
     and both must agree with the readable concat-cache path on the dequantized weights."""
     import gguf
 
-    from npllm.io.quants import QuantizedWeight
+    from npllm.quant import QuantizedWeight
 
     config = make_config(**CONFIGS[name], hidden_size=64, intermediate_size=96)
     model = CausalLM(config, seed=21)

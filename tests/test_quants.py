@@ -13,8 +13,8 @@ gguf = pytest.importorskip("gguf")
 
 from npllm import _jit  # noqa: E402
 from npllm.errors import ModelFormatError  # noqa: E402
-from npllm.io import quants  # noqa: E402
-from npllm.io.quants import (  # noqa: E402
+from npllm.quant import weight as quants  # noqa: E402
+from npllm.quant.weight import (  # noqa: E402
     BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0, QuantizedWeight, as_array_or_quantized,
     dequantize, dequantize_ref,
 )
@@ -314,7 +314,7 @@ def test_default_model_tensors_match_gguf_package(smollm2_gguf):
 
 def test_read_only_memory_mapped_rows_share_the_compiled_kernel():
     # GGUFReader hands out read-only memory maps; K-quant and dense rows are used in place
-    from npllm.io import quant_kernels
+    from npllm.quant import kernels as quant_kernels
 
     rng = np.random.default_rng(11)
     raw = random_blocks(Q4_K, 5, 256, rng)

@@ -1,2 +1,3 @@
-"""Lesson 06 — reading real checkpoints: GGUF files (``gguf.py``), HF safetensors
-directories (``safetensors.py``) and the GGUF tensor types (``quants.py``)."""
+"""Lesson 06 — reading real checkpoints: GGUF files (``gguf.py``) and HF safetensors
+directories (``safetensors.py``).  What the bytes of a quantized tensor mean is numerics, in
+``npllm.quant``."""

@@ -13,7 +13,7 @@ files; the tests use it as the reference.)
 This module matches what HF transformers does in
 ``modeling_gguf_pytorch_utils.load_gguf_checkpoint`` (GGUF -> HF config and
 HF state-dict keys), except that quantized tensors are *not* dequantized here:
-``read_gguf`` returns them raw (``RawTensor``) and ``npllm.io.quants`` turns
+``read_gguf`` returns them raw (``RawTensor``) and ``npllm.quant`` turns
 them into ``QuantizedWeight`` objects or float32 arrays.
 
 The one subtle step is the Q/K row permutation (see ``unpermute_qk_rows``).
@@ -38,24 +38,14 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ..config import ModelConfig
+from ..quant.formats import BLOCK_LAYOUT, type_name
 from ..errors import ConfigError, ModelFormatError, ModelNotFoundError
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 
-# GGML tensor type ids (gguf.GGMLQuantizationType values) that npllm can load,
-# with (block size in elements, bytes per block).  Kept here so that reading a
-# file does not depend on npllm.io.quants.
-GGML_TYPES: Dict[int, Tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    8: ("Q8_0", 32, 34),
-    12: ("Q4_K", 256, 144),
-    14: ("Q6_K", 256, 210),
-    30: ("BF16", 1, 2),
-}
+# GGML tensor types npllm can load: id -> (name, values per block, bytes per block), from the
+# one table of block layouts (``npllm.quant.formats``, which needs no kernels).
+GGML_TYPES: Dict[int, Tuple[str, int, int]] = {t: (type_name(t), n, b) for t, (n, b) in BLOCK_LAYOUT.items()}
 FLOAT_TYPES = (0, 1)  # F32, F16: the reader hands these out as typed arrays
 
 # Sane upper bounds for numbers read from a file (before they size anything).
@@ -208,10 +198,10 @@ class RawTensor:
         return int(self.data.nbytes)
 
     def to_float32(self) -> np.ndarray:
-        """The tensor as float32 ``shape`` (F32/F16 here; other types via npllm.io.quants)."""
+        """The tensor as float32 ``shape`` (F32/F16 here; other types via npllm.quant)."""
         if self.is_float:
             return np.asarray(self.data, dtype=np.float32).reshape(self.shape)
-        from .quants import dequantize  # lazy: quants is optional for reading
+        from ..quant import dequantize  # lazy: the kernels load only when needed
 
         return dequantize(self.data, self.ggml_type, self.shape)
 
@@ -493,8 +483,6 @@ class _HeaderScan:
         ggml_type = self.u32("tensor type")
         offset = self.u64("data offset")
         if ggml_type not in GGML_TYPES:
-            from .quants import type_name
-
             self.fail(f"GGML type {type_name(ggml_type)} (id {ggml_type}) is not supported "
                       f"(supported: {', '.join(n for n, _, _ in GGML_TYPES.values())})")
         type_name_, block, type_size = GGML_TYPES[ggml_type]

@@ -19,7 +19,7 @@ see ``fuse_rows``), with RMSNorm and no o_proj bias; other layers use the op-by-
 import numpy as np
 
 from .._jit import njit
-from ..io import quant_kernels as qk
+from ..quant import kernels as qk
 from .attention import _decode_attention_kernel
 from .mlp import _swiglu_fused_kernel
 from .norm import _rms_norm_kernel
@@ -67,7 +67,7 @@ def one_call_args(block):
     """The layer's weights as ``_decode_layer`` takes them, or None if the layer does not qualify
     (its four matrices quantized, q|k|v and gate|up fused, RMSNorms, no o_proj bias, float32).
     Computed once per layer: the weights' addresses do not change while the block holds them."""
-    from ..io.quants import QuantizedWeight
+    from ..quant import QuantizedWeight
 
     a, n1, n2 = block.self_attn, block.input_layernorm, block.post_attention_layernorm
     weights = (a.qkv_proj, a.o_proj, block.gate_up_proj, block.down_proj)

@@ -1,7 +1,7 @@
 """Lesson 04 — the linear layer, y = x W^T + b, with HF's weight layout W: [out, in].
 
 A weight is either a dense float ndarray (BLAS does the work: ``x @ W.T``) or a
-``QuantizedWeight`` from ``npllm.io.quants`` that keeps GGUF blocks in memory
+``QuantizedWeight`` from ``npllm.quant`` that keeps GGUF blocks in memory
 and multiplies without ever materialising the fp32 matrix.
 
 ``fuse_rows`` stacks weights that read the same input (q, k, v; gate, up) into one,
@@ -30,7 +30,7 @@ def fuse_rows(weights, biases=None):
     the weights differ in kind, dtype, quantization type or width.  ``linear(x, fused)`` is
     ``concatenate([linear(x, w) for w in weights], -1)``: every output row is computed alike.
     """
-    from ..io.quants import QuantizedWeight
+    from ..quant import QuantizedWeight
 
     weights = list(weights)
     biases = list(biases) if biases is not None else [None] * len(weights)

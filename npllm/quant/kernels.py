@@ -3,7 +3,7 @@
 Decoding one token reads every weight once, so its speed is set by how many bytes
 are read and how few instructions turn them into fp32 products.  These kernels read
 the quantized blocks directly, dequantize 8 values at a time in registers, and
-accumulate ``w * x`` in fp32.  ``npllm.io.quants.dequantize_ref`` is the readable
+accumulate ``w * x`` in fp32.  ``npllm.quant.dequantize_ref`` is the readable
 NumPy reference every kernel is tested against.
 
 Three habits make them fast, and each is a lesson in how Numba compiles:
@@ -41,7 +41,7 @@ from numba.extending import intrinsic, models, register_model
 
 from .._jit import njit, njit_parallel, prange
 
-F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 14, 30
+from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0  # noqa: E402  (type ids)
 
 # ---------------------------------------------------------------------------
 # The vocabulary: an 8-lane float32 vector type and the operations the kernels use.

@@ -1,4 +1,4 @@
-"""Lesson 06 — GGUF tensor types: what the bytes of a quantized weight mean.
+"""Lessons 06-07 — GGUF tensor types: what the bytes of a quantized weight mean.
 
 llama.cpp stores a weight matrix row by row; each row is cut into *blocks* of 32
 (or 256) values, and each block is stored as a few small integers plus one or two
@@ -9,7 +9,7 @@ reads every weight once, so fewer bytes means more tokens per second.
 This module has, for each supported type, a short NumPy reference dequantizer (the
 block layout is drawn in the comment above each ``_dequant_*``) and
 ``QuantizedWeight``, the object that keeps a weight quantized in memory and
-multiplies by it (its Numba kernels are in ``quant_kernels.py``, lesson 07).  The
+multiplies by it (its Numba kernels are in ``kernels.py``, lesson 07).  The
 references match ``gguf.quants.dequantize`` (the gguf package) value for value, which
 is what HF transformers' GGUF loader uses.
 
@@ -37,45 +37,15 @@ import numpy as np
 
 from .. import _jit
 from ..errors import ModelFormatError
+from .formats import (BF16, BLOCK_LAYOUT, DENSE_TYPES, F16, F32, GGML_TYPE_NAMES, Q4_0, Q4_1,  # noqa: F401
+                      Q4_K, Q5_0, Q6_K, Q8_0, check_type as _check_type, type_name)
 
-# GGML type ids (= gguf.GGMLQuantizationType) and names of every type a GGUF file may hold.
-GGML_TYPE_NAMES: Dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
-    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
-    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
-    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0",
-}
-F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 8, 12, 14, 30
-
-# Supported types: id -> (values per block, bytes per block)
-BLOCK_LAYOUT: Dict[int, Tuple[int, int]] = {
-    F32: (1, 4), F16: (1, 2), BF16: (1, 2),
-    Q8_0: (32, 34), Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22),
-    Q4_K: (256, 144), Q6_K: (256, 210),
-}
-DENSE_TYPES = (F32, F16, BF16)
 _JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 
 # Batches of at least this many inputs (prefill) go through BLAS on dequantized tiles of at
 # most TILE_BYTES of fp32 (a whole 1536x576 matrix is one tile; lm_head is cut in tiles).
 PREFILL_MIN_N = 16
 TILE_BYTES = 4 << 20
-
-
-def type_name(ggml_type: int) -> str:
-    """'Q4_1' for 3, etc.; 'type 99' for ids no GGUF version defines."""
-    return GGML_TYPE_NAMES.get(int(ggml_type), f"type {int(ggml_type)}")
-
-
-def _check_type(ggml_type) -> int:
-    t = int(ggml_type)
-    if t not in BLOCK_LAYOUT:
-        supported = ", ".join(type_name(k) for k in BLOCK_LAYOUT)
-        raise ModelFormatError(
-            f"unsupported GGUF tensor type {type_name(t)} (ggml type id {t}); npllm supports {supported}"
-        )
-    return t
 
 
 def _as_rows(raw, ggml_type, shape) -> Tuple[np.ndarray, int, int, int]:
@@ -229,7 +199,7 @@ def dequantize(raw, ggml_type: int, shape: Sequence[int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# The in-memory layout used by the kernels ("planes", see quant_kernels.py)
+# The in-memory layout used by the kernels ("planes", see kernels.py)
 # ---------------------------------------------------------------------------
 
 
@@ -285,9 +255,9 @@ _KERNELS = []
 def _kernels():
     """The Numba kernels module, imported on first use (importing it loads Numba's extension API)."""
     if not _KERNELS:
-        from . import quant_kernels
+        from . import kernels
 
-        _KERNELS.append(quant_kernels)
+        _KERNELS.append(kernels)
     return _KERNELS[0]
 
 
@@ -310,7 +280,7 @@ class QuantizedWeight:
     def __init__(self, ggml_type: int, shape: Tuple[int, int], planes):
         self.ggml_type = int(ggml_type)
         self.shape = (int(shape[0]), int(shape[1]))
-        self._planes = planes  # (q, s1, s2) uint8 [R, bytes]: see quant_kernels.py
+        self._planes = planes  # (q, s1, s2) uint8 [R, bytes]: see kernels.py
         self._pl = None  # their addresses, for the kernels (valid while _planes lives)
 
     def _addresses(self):
