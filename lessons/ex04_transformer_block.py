@@ -68,15 +68,16 @@ def block_walkthrough(model, rng):
     x = rng.normal(size=(B, T, c.hidden_size))
     cos, sin = rope_cos_sin(np.arange(T)[None], c.head_dim, c.rope_theta, np.float64)
     allowed = causal_padding_mask(np.ones((B, T), np.int64), 0, T)
+    ropes, masks = {"global": (cos, sin)}, {None: allowed}   # RoPE table and mask per kind (lesson 08)
     a_in = blk.input_layernorm(x)
-    a_out = blk.self_attn(a_in, cos, sin, allowed, ConcatCache(), 0)
+    a_out = blk.self_attn(a_in, ropes, masks, ConcatCache(), 0)
     h = x + a_out
     m_out = mlp(blk.post_attention_layernorm(h), blk.gate_proj, blk.up_proj, blk.down_proj)
     y = h + m_out
     for name, a in (("x (residual stream in)", x), ("input_layernorm(x)", a_in), ("self_attn(...)", a_out),
                     ("h = x + attn", h), ("mlp(post_attention_layernorm(h))", m_out), ("y = h + mlp", y)):
         print(f"{name:36s} shape {a.shape}   rms per position {np.sqrt((a * a).mean(-1)).round(3).ravel()}")
-    y_blk = blk(x, cos, sin, allowed, ConcatCache())
+    y_blk = blk(x, ropes, masks, ConcatCache())
     print(f"max |step by step - TransformerBlock.__call__| = {np.abs(y - y_blk).max():.3g}")
 
     heading("[4.4] the residual path is an identity: zero o_proj and down_proj and the block returns x")
@@ -85,19 +86,20 @@ def block_walkthrough(model, rng):
     sd["model.layers.0.mlp.down_proj.weight"][:] = 0
     zeroed = CausalLM(c, init=False, dtype=np.float64)
     zeroed.load_state_dict(sd)
-    y0 = zeroed.layers[0](x, cos, sin, allowed, ConcatCache())
+    y0 = zeroed.layers[0](x, ropes, masks, ConcatCache())
     print(f"max |block(x) - x| with both output projections zeroed = {np.abs(y0 - x).max():.3g}")
 
     heading("[4.5] the residual stream through all layers (random init, RMSNorm keeps each branch's input tame)")
     T = 6
     ids = rng.integers(0, c.vocab_size, size=(1, T))
     cos, sin = rope_cos_sin(np.arange(T)[None], c.head_dim, c.rope_theta, np.float64)
-    allowed = causal_padding_mask(np.ones((1, T), np.int64), 0, T)
+    ropes = {"global": (cos, sin)}
+    masks = {None: causal_padding_mask(np.ones((1, T), np.int64), 0, T)}
     h = model._embed(ids)
     rows = [("embed", np.sqrt((h * h).mean()))]
     cache = ConcatCache()
     for i, layer in enumerate(model.layers):
-        h = layer(h, cos, sin, allowed, cache)
+        h = layer(h, ropes, masks, cache)
         rows.append((f"after block {i}", np.sqrt((h * h).mean())))
     rows.append(("after model.norm", np.sqrt((model.norm(h) ** 2).mean())))
     table(["point", "rms of hidden state"], rows, ".4f")

@@ -177,7 +177,9 @@ def _prefill(model, ids, mask, cache, positions, keep_last):
     [B, H, chunk, S] instead of [B, H, T0, T0] (1.4 GB for a 2k prompt).
     """
     T0 = ids.shape[1]
-    if cache is None or T0 <= PREFILL_CHUNK:
+    rope = getattr(getattr(model, "config", None), "rope_scaling", None) or {}
+    if cache is None or T0 <= PREFILL_CHUNK or rope.get("rope_type") in ("dynamic", "longrope"):
+        # (dynamic and LongRoPE frequencies depend on the longest position of the call: one call)
         return _forward(model, ids, mask, cache, positions, keep_last)
     for start in range(0, T0, PREFILL_CHUNK):
         end = min(start + PREFILL_CHUNK, T0)
@@ -259,11 +261,12 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     B, T0 = ids.shape
     mask = _as_mask(attention_mask, ids.shape)
     max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0)
-    limit = getattr(config, "max_position_embeddings", None)
+    limit = getattr(config, "context_length", getattr(config, "max_position_embeddings", None))
     if isinstance(limit, Integral) and T0 > limit:
         if not truncate_prompt:
             raise GenerationParameterError(
-                f"the prompt has {T0} tokens, more than max_position_embeddings={limit}; shorten it "
+                f"the prompt has {T0} tokens, more than the model's context of {limit} "
+                f"(max_position_embeddings); shorten it "
                 "or pass truncate_prompt=True to keep only its last tokens")
         keep = max(1, limit - max_new_tokens)
         ids, mask, T0 = ids[:, -keep:], mask[:, -keep:], keep
@@ -326,7 +329,10 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
     n = 0
     if max_new_tokens > 0:
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
-        cache = model.new_cache(B, T0 + max_new_tokens) if hasattr(model, "new_cache") else None
+        new_cache = (lambda: model.new_cache(B, T0 + max_new_tokens)) if hasattr(model, "new_cache") else None
+        cache = new_cache() if new_cache else None
+        # LongRoPE (Phi-3): past this length every position uses the long factors (HF recomputes)
+        switch = getattr(getattr(model, "config", None), "rope_switch_length", None)
         positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)  # [B, T0] as HF
         logits, cache = _prefill(model, ids, mask, cache, positions, keep_last)
         for step in range(max_new_tokens):
@@ -350,6 +356,12 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
             live &= ~stop
             if not live.any():
                 break
+            if S == switch:  # the sequence passes LongRoPE's original context: recompute it all
+                m = full_mask[:, :S + 1]
+                positions = np.where(m == 0, 1, np.cumsum(m, axis=1) - 1)
+                logits, cache = _prefill(model, seqs[:, :S + 1], m, new_cache() if new_cache else None,
+                                         positions, keep_last)
+                continue
             pos = full_mask[:, :S + 1].sum(axis=1, keepdims=True) - 1  # [B, 1] position of the new token
             logits, cache = _forward(model, tok[:, None], full_mask[:, :S + 1], cache, pos, keep_last)
 

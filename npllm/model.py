@@ -9,7 +9,8 @@
 The model returns logits only: sampling lives in ``npllm.sampling`` and the
 decode loop in ``npllm.generation``.  Parameter names are HF's, so an HF
 ``state_dict`` (or safetensors file) loads without a key map.
-Matches HF ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM``.
+Matches HF ``LlamaForCausalLM`` and the other families' ``*ForCausalLM`` (lesson 08: their knobs
+are fields of ``ModelConfig``; the embedding scale and the final softcap are applied here).
 """
 
 from __future__ import annotations
@@ -20,42 +21,14 @@ import numpy as np
 
 from .block import Norm, TransformerBlock
 from .cache import ConcatCache, KVCache, cache_length
-from .config import ModelConfig
+from .config import ModelConfig, iter_parameter_shapes
 from .errors import ConfigError, GenerationParameterError, ModelFormatError
 from .ops import causal_padding_mask, linear, rope_cos_sin
 
 
 def parameter_shapes(config: ModelConfig) -> Dict[str, tuple]:
     """Every parameter's HF name and shape — the single source of truth for init and loading."""
-    D, F, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    q_out = config.num_attention_heads * config.head_dim
-    kv_out = config.num_key_value_heads * config.head_dim
-    shapes = {"model.embed_tokens.weight": (V, D)}
-    for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "self_attn.q_proj.weight"] = (q_out, D)
-        shapes[p + "self_attn.k_proj.weight"] = (kv_out, D)
-        shapes[p + "self_attn.v_proj.weight"] = (kv_out, D)
-        shapes[p + "self_attn.o_proj.weight"] = (D, q_out)
-        if config.attention_bias:
-            shapes[p + "self_attn.q_proj.bias"] = (q_out,)
-            shapes[p + "self_attn.k_proj.bias"] = (kv_out,)
-            shapes[p + "self_attn.v_proj.bias"] = (kv_out,)
-        if config.o_proj_bias:
-            shapes[p + "self_attn.o_proj.bias"] = (D,)
-        shapes[p + "mlp.gate_proj.weight"] = (F, D)
-        shapes[p + "mlp.up_proj.weight"] = (F, D)
-        shapes[p + "mlp.down_proj.weight"] = (D, F)
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            shapes[p + norm + ".weight"] = (D,)
-            if not config.use_rms_norm:
-                shapes[p + norm + ".bias"] = (D,)
-    shapes["model.norm.weight"] = (D,)
-    if not config.use_rms_norm:
-        shapes["model.norm.bias"] = (D,)
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, D)
-    return shapes
+    return dict(iter_parameter_shapes(config))
 
 
 def _to_numpy(value):
@@ -81,13 +54,15 @@ class CausalLM:
 
     # ---------------------------------------------------------------- weights
     def _init_weights(self, seed: int) -> None:
-        """Normal(0, initializer_range) for matrices, ones/zeros for norms, zeros for biases."""
+        """Normal(0, initializer_range) for matrices, the identity for norms (weight 1, or 0 when
+        the norm scales by 1 + w), zeros for biases."""
         rng = np.random.default_rng(seed)
         std = self.config.initializer_range
         params = {}
+        norm_init = 1.0 - self.config.norm_weight_offset
         for name, shape in parameter_shapes(self.config).items():
-            if name.endswith("layernorm.weight") or name == "model.norm.weight":
-                params[name] = np.ones(shape, self.dtype)
+            if name.endswith(("layernorm.weight", "_norm.weight")) or name == "model.norm.weight":
+                params[name] = np.full(shape, norm_init, self.dtype)
             elif name.endswith(".bias"):
                 params[name] = np.zeros(shape, self.dtype)
             else:
@@ -100,7 +75,7 @@ class CausalLM:
         p, c = self.params, self.config
         self.embed_tokens = p["model.embed_tokens.weight"]                 # [V, D]
         self.layers = [TransformerBlock(c, p, i) for i in range(c.num_hidden_layers)]
-        self.norm = Norm(p["model.norm.weight"], p.get("model.norm.bias"), c.rms_norm_eps)
+        self.norm = Norm(p["model.norm.weight"], p.get("model.norm.bias"), c.rms_norm_eps, c.norm_weight_offset)
         # Weight tying (seed 1.2): the LM head *is* the embedding matrix, not a copy.
         self.lm_head = self.embed_tokens if c.tie_word_embeddings else p["lm_head.weight"]
 
@@ -179,9 +154,23 @@ class CausalLM:
     # ---------------------------------------------------------------- forward
     def _embed(self, input_ids: np.ndarray) -> np.ndarray:
         if isinstance(self.embed_tokens, np.ndarray):
-            return self.embed_tokens[input_ids].astype(self.dtype, copy=False)     # [B, T, D]
-        rows = self.embed_tokens.take_rows(input_ids.reshape(-1))                  # quantized
-        return rows.reshape(*input_ids.shape, -1).astype(self.dtype, copy=False)
+            x = self.embed_tokens[input_ids].astype(self.dtype, copy=False)        # [B, T, D]
+        else:
+            rows = self.embed_tokens.take_rows(input_ids.reshape(-1))              # quantized
+            x = rows.reshape(*input_ids.shape, -1).astype(self.dtype, copy=False)
+        if self.config.embed_scale != 1.0:                                         # Gemma: x sqrt(D)
+            x = x * self.dtype.type(self.config.embed_scale)
+        return x
+
+    def _ropes(self, position_ids: np.ndarray) -> Dict[str, tuple]:
+        """(cos, sin) [B, T, Dh] per RoPE table the layers use: "global", and Gemma 3's "local"."""
+        c = self.config
+        ropes = {}
+        for kind in {c.layer_rope(i) for i in range(c.num_hidden_layers)} - {None}:
+            theta, scaling = (c.rope_local_base_freq, None) if kind == "local" else (c.rope_theta, c.rope_scaling)
+            ropes[kind] = rope_cos_sin(position_ids, c.head_dim, theta, self.dtype, scaling,
+                                       c.max_position_embeddings)
+        return ropes
 
     def _check_inputs(self, input_ids, attention_mask, past_len):
         input_ids = np.asarray(input_ids)
@@ -221,8 +210,7 @@ class CausalLM:
         if position_ids is None:
             pos = np.cumsum(attention_mask, axis=1) - 1
             position_ids = np.where(attention_mask == 0, 1, pos)[:, -T:]          # [B, T]
-        cos, sin = rope_cos_sin(np.asarray(position_ids), self.config.head_dim,
-                                self.config.rope_theta, self.dtype)
+        ropes = self._ropes(np.asarray(position_ids))
         static = isinstance(past_key_values, KVCache)
         cache = past_key_values if static else ConcatCache(past_key_values)
 
@@ -233,15 +221,20 @@ class CausalLM:
                 raise ConfigError(f"KV cache is full: max_seq_len={cache.max_seq_len}")
             x = x[:, 0]                                                          # [B, D]
             for layer in self.layers:
-                x = layer.decode(x, cos, sin, attention_mask, cache)
+                x = layer.decode(x, ropes, attention_mask, cache)
             x = x[:, None]
         else:
-            allowed = causal_padding_mask(attention_mask, past_len, T)           # [B, T, S]
+            # One mask per distinct sliding window (None: plain causal): [B, T, S]
+            windows = {layer.self_attn.window for layer in self.layers}
+            masks = {w: causal_padding_mask(attention_mask, past_len, T, w) for w in windows}
             for layer in self.layers:
-                x = layer(x, cos, sin, allowed, cache)
+                x = layer(x, ropes, masks, cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = linear(self.norm(x), self.lm_head)                              # [B, T', V]
+        cap = self.config.final_logit_softcapping
+        if cap:                                                                  # Gemma 2
+            logits = np.tanh(logits / cap, out=logits) * logits.dtype.type(cap)
 
         if static:
             cache.advance(T)

@@ -304,9 +304,32 @@ def test_decode_attention_kernel_equals_reference(rng):
     kc2, vc2 = kc.copy(), vc.copy()
     expected = decode_attention_ref(q, k, v, cos, sin, kc, vc, length, mask)
     out = np.empty_like(q)
-    _decode_attention_kernel(q, k, v, cos, sin, kc2, vc2, length, mask, out)
+    _decode_attention_kernel(q, k, v, cos, sin, kc2, vc2, length, mask, out, Dh ** -0.5, 0.0, 0)
     assert np.allclose(out, expected, atol=1e-12)
     assert np.allclose(kc2, kc) and np.allclose(vc2, vc)   # both wrote the same cache entries
+
+
+@pytest.mark.parametrize("window", [0, 1, 3, 6, 50])
+@pytest.mark.parametrize("scale,softcap", [(0.5, 0.0), (0.2, 2.0)])
+@pytest.mark.parametrize("rope", [True, False])
+def test_decode_attention_kernel_knobs_equal_reference(rng, window, scale, softcap, rope):
+    # sliding window, Gemma's scale and softcap, and a NoPE layer (no rotation), for one new token
+    from npllm.ops.attention import _decode_attention_kernel, decode_attention_ref, no_rope
+    from npllm.ops.rope import rope_cos_sin
+
+    B, H, Hkv, Dh, S_max, length = 2, 6, 2, 8, 12, 8
+    q, k, v = rng.normal(size=(B, H * Dh)), rng.normal(size=(B, Hkv * Dh)), rng.normal(size=(B, Hkv * Dh))
+    cos, sin = rope_cos_sin(np.array([[8], [5]]), Dh, 10000.0, np.float64) if rope else (None, None)
+    kc, vc = rng.normal(size=(B, Hkv, S_max, Dh)), rng.normal(size=(B, Hkv, S_max, Dh))
+    mask = np.ones((B, length + 1), np.int64)
+    mask[1, :3] = 0
+    kc2, vc2 = kc.copy(), vc.copy()
+    expected = decode_attention_ref(q, k, v, cos, sin, kc, vc, length, mask, scale, softcap or None, window or None)
+    out = np.empty_like(q)
+    kcos, ksin = (cos, sin) if rope else no_rope(B, np.float64)
+    _decode_attention_kernel(q, k, v, kcos, ksin, kc2, vc2, length, mask, out, scale, softcap, window)
+    assert np.allclose(out, expected, atol=1e-12)
+    assert np.allclose(kc2, kc) and np.allclose(vc2, vc)
 
 
 @pytest.mark.parametrize("field,value", [

@@ -179,7 +179,7 @@ def test_attention_kernel_equals_reference_and_torch(rng, H, Hkv, T, past):
     expected = torch_attention(q, k, v, allowed)
     ref = attention_ref(q, k, v, allowed)
     ker = np.empty_like(q)
-    _attention_kernel(q, k, v, allowed, ker)
+    _attention_kernel(q, k, v, allowed, ker, 1 / np.sqrt(Dh), 0.0)
     assert np.allclose(ref, expected, atol=1e-12)
     assert np.allclose(ker, expected, atol=1e-12)
     assert np.allclose(attention(q, k, v, allowed), expected, atol=1e-12)
@@ -202,6 +202,41 @@ def test_blocked_prefill_attention_equals_torch(rng, H, Hkv, T, past, block):
     assert np.allclose(attention(q, k, v, allowed), expected, atol=1e-12)
     q32, k32, v32 = (a.astype(np.float32) for a in (q, k, v))
     assert np.abs(attention(q32, k32, v32, allowed) - expected).max() < 1e-5
+
+
+def torch_eager_attention(q, k, v, allowed, scale, softcap):
+    """HF's eager attention (Gemma 2): scores * scale, softcap before the mask, softmax, @ v."""
+    G = q.shape[1] // k.shape[1]
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    tk, tv = tk.repeat_interleave(G, 1), tv.repeat_interleave(G, 1)
+    scores = tq @ tk.transpose(-1, -2) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~torch.from_numpy(allowed)[:, None], float("-inf"))
+    return (torch.softmax(scores, -1).nan_to_num(0.0) @ tv).numpy()
+
+
+@pytest.mark.parametrize("T,past", [(6, 0), (1, 9), (30, 4)])      # kernel, decode-like, blocked prefill
+@pytest.mark.parametrize("window", [None, 1, 3, 7])
+@pytest.mark.parametrize("scale,softcap", [(None, None), (0.7, None), (None, 1.5), (0.3, 0.8)])
+def test_attention_scale_softcap_and_window_equal_torch(rng, T, past, window, scale, softcap):
+    # Gemma's knobs: another scale, tanh softcapping before the mask, and a sliding window
+    # (query i sees keys j with i - W < j <= i, by cache position; HF's sliding_window_overlay).
+    B, H, Hkv, Dh = 2, 4, 2, 8
+    S = past + T
+    q = rng.normal(size=(B, H, T, Dh)) * 2
+    k, v = rng.normal(size=(B, Hkv, S, Dh)), rng.normal(size=(B, Hkv, S, Dh))
+    mask = np.ones((B, S), np.int64)
+    mask[1, :3] = 0
+    allowed = causal_padding_mask(mask, past, T, window)
+    qi, kj = past + np.arange(T)[:, None], np.arange(S)[None]
+    by_hand = (kj <= qi) & (kj > qi - (window or S + T)) & (mask[:, None, :] != 0)
+    assert (allowed == by_hand).all()
+    expected = torch_eager_attention(q, k, v, allowed, scale or Dh ** -0.5, softcap)
+    assert np.allclose(attention_ref(q, k, v, allowed, scale, softcap), expected, atol=1e-12)
+    assert np.allclose(attention(q, k, v, allowed, scale, softcap), expected, atol=1e-12)
+    assert np.allclose(attention_blocked(q, k, v, allowed, block=8, scale=scale, softcap=softcap), expected,
+                       atol=1e-12)
 
 
 @settings(max_examples=40, deadline=None)

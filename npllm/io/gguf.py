@@ -37,7 +37,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..config import ModelConfig
+from ..config import ModelConfig, iter_parameter_shapes, parameter_count
 from ..quant.formats import BLOCK_LAYOUT, type_name
 from ..errors import ConfigError, ModelFormatError, ModelNotFoundError
 
@@ -102,48 +102,17 @@ def hf_to_gguf_key(key: str) -> str:
 
 def hf_tensor_shapes(config: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     """Every HF key a checkpoint of ``config`` must hold, with its shape ([out, in])."""
-    return dict(iter_hf_tensor_shapes(config))
+    return dict(iter_parameter_shapes(config))
 
 
 def expected_tensor_count(config: ModelConfig) -> int:
     """len(hf_tensor_shapes(config)), without listing them (a corrupt config may claim 10**9 layers)."""
-    c = config
-    per_layer = 9 + (3 if c.attention_bias else 0) + (1 if c.o_proj_bias else 0)
-    return 2 + (0 if c.tie_word_embeddings else 1) + c.num_hidden_layers * per_layer
+    return parameter_count(config)
 
 
 def first_missing_tensor(config: ModelConfig, present) -> Optional[str]:
     """The first HF key of ``config`` not in ``present``; stops there (cheap for a huge config)."""
-    return next((key for key, _ in iter_hf_tensor_shapes(config) if key not in present), None)
-
-
-def iter_hf_tensor_shapes(config: ModelConfig):
-    """(HF key, shape) pairs in order: embeddings, norm, head, then layer by layer."""
-    c = config
-    D, F, V = c.hidden_size, c.intermediate_size, c.vocab_size
-    q_rows = c.num_attention_heads * c.head_dim  # H * Dh
-    kv_rows = c.num_key_value_heads * c.head_dim  # Hkv * Dh
-    yield "model.embed_tokens.weight", (V, D)
-    yield "model.norm.weight", (D,)
-    if not c.tie_word_embeddings:
-        yield "lm_head.weight", (V, D)
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        yield p + "input_layernorm.weight", (D,)
-        yield p + "post_attention_layernorm.weight", (D,)
-        yield p + "self_attn.q_proj.weight", (q_rows, D)
-        yield p + "self_attn.k_proj.weight", (kv_rows, D)
-        yield p + "self_attn.v_proj.weight", (kv_rows, D)
-        yield p + "self_attn.o_proj.weight", (D, q_rows)
-        yield p + "mlp.gate_proj.weight", (F, D)
-        yield p + "mlp.up_proj.weight", (F, D)
-        yield p + "mlp.down_proj.weight", (D, F)
-        if c.attention_bias:
-            yield p + "self_attn.q_proj.bias", (q_rows,)
-            yield p + "self_attn.k_proj.bias", (kv_rows,)
-            yield p + "self_attn.v_proj.bias", (kv_rows,)
-        if c.o_proj_bias:
-            yield p + "self_attn.o_proj.bias", (D,)
+    return next((key for key, _ in iter_parameter_shapes(config) if key not in present), None)
 
 
 # ----------------------------------------------------------- Q/K permutation

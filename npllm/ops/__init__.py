@@ -13,14 +13,14 @@ Shape legend used in every comment:
 
 from .attention import attention, attention_ref, causal_padding_mask, decode_attention, decode_attention_ref
 from .linear import linear
-from .mlp import mlp, silu, swiglu, swiglu_ref
+from .mlp import gelu_tanh, glu, glu_ref, mlp, silu, swiglu, swiglu_ref
 from .norm import layer_norm, layer_norm_ref, rms_norm, rms_norm_ref
 from .rope import apply_rope, apply_rope_ref, rope_cos_sin
 from .softmax import softmax, softmax_ref
 
 __all__ = [
     "attention", "attention_ref", "causal_padding_mask", "decode_attention",
-    "decode_attention_ref", "linear", "mlp", "silu", "swiglu",
+    "decode_attention_ref", "gelu_tanh", "glu", "glu_ref", "linear", "mlp", "silu", "swiglu",
     "swiglu_ref", "layer_norm", "layer_norm_ref", "rms_norm", "rms_norm_ref", "apply_rope",
     "apply_rope_ref", "rope_cos_sin", "softmax", "softmax_ref",
 ]

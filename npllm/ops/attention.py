@@ -1,6 +1,11 @@
-"""Lesson 02 — scaled dot-product attention with causal and padding masks; MHA, GQA, MQA.
+"""Lessons 02 and 08 — scaled dot-product attention with causal and padding masks; MHA, GQA, MQA.
 
     att = softmax(q k^T / sqrt(Dh) + mask) v
+
+Two family knobs live here (lesson 08): ``scale`` (Gemma: query_pre_attn_scalar**-0.5
+instead of 1/sqrt(Dh)) and ``softcap`` (Gemma 2: scores -> c * tanh(scores / c), applied
+*before* the mask).  A sliding window (Mistral, Gemma) is part of the mask: see
+``causal_padding_mask``.
 
 GQA: H query heads share Hkv key/value heads in groups of G = H // Hkv
 (G = 1 is MHA, Hkv = 1 is MQA).  Instead of copying K/V G times (HF's
@@ -16,35 +21,43 @@ from .fastexp import exp32
 from .softmax import softmax_ref
 
 
-def causal_padding_mask(attention_mask: np.ndarray, past_len: int, T: int) -> np.ndarray:
+def causal_padding_mask(attention_mask: np.ndarray, past_len: int, T: int, window=None) -> np.ndarray:
     """Which keys each new query may see.
 
     attention_mask: [B, S] (1 = real token, 0 = padding; S = past_len + T)
     returns allowed: [B, T, S] bool — key s is visible to query t iff s <= past_len + t
-    (causal) and key s is not padding.
+    (causal), key s is not padding, and, with a sliding ``window`` W, s > past_len + t - W
+    (the query sees its last W cache slots, itself included; HF's ``sliding_window_overlay``).
     """
     S = attention_mask.shape[1]
     q_pos = past_len + np.arange(T)[:, None]          # [T, 1]
-    causal = np.arange(S)[None, :] <= q_pos           # [T, S]
+    k_pos = np.arange(S)[None, :]                     # [1, S]
+    causal = k_pos <= q_pos                           # [T, S]
+    if window is not None:
+        causal &= k_pos > q_pos - window
     return causal[None] & (attention_mask[:, None, :] != 0)
 
 
-def attention_ref(q, k, v, allowed):
+def attention_ref(q, k, v, allowed, scale=None, softcap=None):
     # q: [B, H, T, Dh], k, v: [B, Hkv, S, Dh], allowed: [B, T, S] -> [B, H, T, Dh]
     B, H, T, Dh = q.shape
     Hkv = k.shape[1]
     G = H // Hkv
+    scale = 1 / np.sqrt(Dh) if scale is None else scale
     qg = q.reshape(B, Hkv, G, T, Dh)                                   # group query heads
-    scores = qg @ k[:, :, None].swapaxes(-1, -2) / np.sqrt(Dh)          # [B, Hkv, G, T, S]
+    scores = qg @ k[:, :, None].swapaxes(-1, -2) * scale                # [B, Hkv, G, T, S]
+    if softcap:                                                         # Gemma 2: before the mask
+        scores = np.tanh(scores / softcap) * softcap
     scores = np.where(allowed[:, None, None], scores, -np.inf)
     att = softmax_ref(scores)                                           # masked rows -> 0
     return (att @ v[:, :, None]).reshape(B, H, T, Dh)                   # [B, H, T, Dh]
 
 
 @njit
-def _attend_one(q, k, v, allowed, out, scores):
-    # One query against its keys. q: [Dh], already scaled by 1/sqrt(Dh); k, v: [S, Dh];
-    # allowed: [S]; out: [Dh]; scores: scratch [>= S].  Each inner loop runs over a contiguous
+def _attend_one(q, k, v, allowed, out, scores, softcap):
+    # One query against its keys. q: [Dh], already scaled (1/sqrt(Dh) or Gemma's); k, v: [S, Dh];
+    # allowed: [S]; out: [Dh]; scores: scratch [>= S]; softcap: c > 0 caps the scores at c
+    # (c * tanh(score / c), Gemma 2), 0 leaves them.  Each inner loop runs over a contiguous
     # row, which LLVM vectorises; four keys go together, so four independent sums hide the
     # latency of each other's additions.  Every value stays in q's dtype (exp32: lesson 07).
     S, Dh = k.shape
@@ -66,6 +79,9 @@ def _attend_one(q, k, v, allowed, out, scores):
         for d in range(1, Dh):
             dot += q[d] * k[s, d]
         scores[s] = dot
+    if softcap > 0:
+        for s in range(S):
+            scores[s] = np.tanh(scores[s] / softcap) * softcap
     m = scores[0]                        # the max over the visible keys
     seen = False
     for s in range(S):
@@ -99,11 +115,10 @@ def _attend_one(q, k, v, allowed, out, scores):
 
 
 @njit_parallel
-def _attention_kernel(q, k, v, allowed, out):
+def _attention_kernel(q, k, v, allowed, out, scale, softcap):
     # q, out: [B, H, T, Dh]; k, v: [B, Hkv, S, Dh]; allowed: [B, T, S]
     B, H, T, Dh = q.shape
     G = H // k.shape[1]
-    scale = 1 / np.sqrt(Dh)
     for bh in prange(B * H):
         b = bh // H
         h = bh % H
@@ -113,14 +128,15 @@ def _attention_kernel(q, k, v, allowed, out):
         for t in range(T):
             for d in range(Dh):
                 qs[d] = q[b, h, t, d] * scale
-            _attend_one(qs, k[b, kh], v[b, kh], allowed[b, t], out[b, h, t], scores)
+            _attend_one(qs, k[b, kh], v[b, kh], allowed[b, t], out[b, h, t], scores, softcap)
 
 
-def attention_blocked(q, k, v, allowed, block: int = 96):
+def attention_blocked(q, k, v, allowed, block: int = 96, scale=None, softcap=None):
     """The reference's math for many queries (prefill), in blocks of ``block`` queries.
 
-    A block of queries t0..t1 only needs keys up to the last one any of them may see (for a
-    causal mask: past_len + t1), so about half of the T x S scores are never computed.  Per
+    A block of queries t0..t1 only needs the keys from the first to the last one any of them
+    may see (for a causal mask: up to past_len + t1; a sliding window also cuts the start), so
+    about half of the T x S scores are never computed.  Per
     block and K/V head: scores = q k^T (BLAS, the G query heads stacked), mask, softmax with
     NumPy's vectorised exp in place, then att v (BLAS) scaled by 1 / row sum.
     """
@@ -128,7 +144,7 @@ def attention_blocked(q, k, v, allowed, block: int = 96):
     Hkv = k.shape[1]
     G = H // Hkv
     out = np.empty(q.shape, dtype=q.dtype)
-    scale = q.dtype.type(1.0 / np.sqrt(Dh))
+    scale = q.dtype.type(1.0 / np.sqrt(Dh) if scale is None else scale)
     for b in range(B):
         for t0 in range(0, T, block):
             t1 = min(T, t0 + block)
@@ -136,11 +152,14 @@ def attention_blocked(q, k, v, allowed, block: int = 96):
             if seen.size == 0:                                       # every query fully masked
                 out[b, :, t0:t1] = 0.0
                 continue
-            S = seen[-1] + 1
-            hidden = ~allowed[b, t0:t1, :S]                          # [Tb, S]
+            s0, S = seen[0], seen[-1] + 1
+            hidden = ~allowed[b, t0:t1, s0:S]                        # [Tb, S - s0]
             for kh in range(Hkv):
                 heads = slice(kh * G, (kh + 1) * G)
-                scores = (q[b, heads, t0:t1] * scale) @ k[b, kh, :S].T   # [G, Tb, S]
+                scores = (q[b, heads, t0:t1] * scale) @ k[b, kh, s0:S].T   # [G, Tb, S - s0]
+                if softcap:
+                    np.tanh(scores / softcap, out=scores)
+                    scores *= softcap
                 np.copyto(scores, -np.inf, where=hidden)
                 m = scores.max(axis=-1, keepdims=True)               # [G, Tb, 1]
                 m[m == -np.inf] = 0.0                                # fully masked row -> zeros
@@ -149,24 +168,27 @@ def attention_blocked(q, k, v, allowed, block: int = 96):
                 total = scores.sum(axis=-1, keepdims=True)
                 total[total == 0] = 1.0
                 y = out[b, heads, t0:t1]                             # [G, Tb, Dh] view
-                np.matmul(scores, v[b, kh, :S], out=y)
+                np.matmul(scores, v[b, kh, s0:S], out=y)
                 y /= total
     return out
 
 
-def attention(q, k, v, allowed):
+def attention(q, k, v, allowed, scale=None, softcap=None):
     """Masked multi-head attention; see the module docstring for shapes.
 
-    The Numba kernel serves few queries (decode); prefill with many queries goes through
-    ``attention_blocked`` (BLAS on blocks of queries, skipping keys no query can see).
+    ``scale`` multiplies q k^T (default 1/sqrt(Dh)); ``softcap`` c caps the scores at
+    c * tanh(score / c) before the mask.  The Numba kernel serves few queries (decode); prefill
+    with many queries goes through ``attention_blocked`` (BLAS on blocks of queries, skipping
+    keys no query can see).
     """
     if reference_mode():
-        return attention_ref(q, k, v, allowed)
+        return attention_ref(q, k, v, allowed, scale, softcap)
     if q.shape[2] > 16:
-        return attention_blocked(q, k, v, allowed)
+        return attention_blocked(q, k, v, allowed, scale=scale, softcap=softcap)
     out = np.empty(q.shape, dtype=q.dtype)
+    scale = 1 / np.sqrt(q.shape[3]) if scale is None else scale
     # k, v may be views into a preallocated cache: the kernel reads them in place, no copy.
-    _attention_kernel(q, k, v, allowed, out)
+    _attention_kernel(q, k, v, allowed, out, q.dtype.type(scale), q.dtype.type(softcap or 0))
     return out
 
 
@@ -174,64 +196,97 @@ def attention(q, k, v, allowed):
 # Decode (one new token per row, preallocated cache): RoPE + cache write + attention in one call.
 # Same math as apply_rope + KVCache.update + attention; used by TransformerBlock.decode.
 
-def decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask):
+def decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, scale=None, softcap=None,
+                         window=None):
     """q: [B, H*Dh], k, v: [B, Hkv*Dh] (projections of the new token, before RoPE);
-    cos, sin: [B, 1, Dh]; k_cache, v_cache: [B, Hkv, S_max, Dh], written at ``length``;
-    key_mask: [B, >= length + 1] (1 = real token).  Returns [B, H*Dh]."""
+    cos, sin: [B, 1, Dh], or None for a layer without RoPE (NoPE);
+    k_cache, v_cache: [B, Hkv, S_max, Dh], written at ``length``;
+    key_mask: [B, >= length + 1] (1 = real token); ``window``: the query sees its last W slots.
+    Returns [B, H*Dh]."""
     from .rope import apply_rope_ref
 
     B = q.shape[0]
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     H = q.shape[1] // Dh
-    q = apply_rope_ref(q.reshape(B, H, 1, Dh), cos, sin)                       # [B, H, 1, Dh]
-    k_cache[:, :, length] = apply_rope_ref(k.reshape(B, Hkv, 1, Dh), cos, sin)[:, :, 0]
+    q, k = q.reshape(B, H, 1, Dh), k.reshape(B, Hkv, 1, Dh)
+    if cos is not None:
+        q, k = apply_rope_ref(q, cos, sin), apply_rope_ref(k, cos, sin)          # [B, H|Hkv, 1, Dh]
+    k_cache[:, :, length] = k[:, :, 0]
     v_cache[:, :, length] = v.reshape(B, Hkv, Dh)
-    allowed = key_mask[:, None, :length + 1] != 0                              # [B, 1, S]
-    out = attention_ref(q, k_cache[:, :, :length + 1], v_cache[:, :, :length + 1], allowed)
+    allowed = causal_padding_mask(key_mask[:, :length + 1], length, 1, window)  # [B, 1, S]
+    out = attention_ref(q, k_cache[:, :, :length + 1], v_cache[:, :, :length + 1], allowed, scale, softcap)
     return out.reshape(B, H * Dh)
 
 
+@njit
+def _rotate(x, cos, sin, out, scale):
+    # out = rope(x) * scale for one head (x, out: [Dh]; cos, sin: [Dh]); cos of size 0: no RoPE
+    Dh = x.shape[0]
+    if cos.shape[0] == 0:
+        for d in range(Dh):
+            out[d] = x[d] * scale
+        return
+    half = Dh // 2
+    for i in range(half):
+        x1 = x[i]
+        x2 = x[i + half]
+        out[i] = (x1 * cos[i] - x2 * sin[i]) * scale
+        out[i + half] = (x2 * cos[i + half] + x1 * sin[i + half]) * scale
+
+
 @njit_parallel
-def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out):
+def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out, scale, softcap,
+                             window):
+    # cos, sin: [B, 1, Dh], or [B, 1, 0] for no RoPE; window 0: no sliding window
     B = q.shape[0]
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     H = q.shape[1] // Dh
     G = H // Hkv
-    half = Dh // 2
     S = length + 1
+    s0 = max(0, S - window) if window > 0 else 0  # the first key the new query may see
+    one = q.dtype.type(1.0)
     for b in range(B):                       # 1. rotate k and append k, v to the cache
         for h in range(Hkv):
             base = h * Dh
-            for i in range(half):
-                x1 = k[b, base + i]
-                x2 = k[b, base + i + half]
-                k_cache[b, h, length, i] = x1 * cos[b, 0, i] - x2 * sin[b, 0, i]
-                k_cache[b, h, length, i + half] = x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]
+            _rotate(k[b, base:base + Dh], cos[b, 0], sin[b, 0], k_cache[b, h, length], one)
             for d in range(Dh):
                 v_cache[b, h, length, d] = v[b, base + d]
-    scale = 1 / np.sqrt(Dh)
     for bh in prange(B * H):                 # 2. each query head attends over the cache
         b = bh // H
         h = bh % H
         base = h * Dh
-        qr = np.empty(Dh, dtype=q.dtype)     # q rotated and scaled by 1/sqrt(Dh)
+        qr = np.empty(Dh, dtype=q.dtype)     # q rotated and scaled
         y = np.empty(Dh, dtype=q.dtype)
-        scores = np.empty(S, dtype=q.dtype)
-        for i in range(half):
-            x1 = q[b, base + i]
-            x2 = q[b, base + i + half]
-            qr[i] = (x1 * cos[b, 0, i] - x2 * sin[b, 0, i]) * scale
-            qr[i + half] = (x2 * cos[b, 0, i + half] + x1 * sin[b, 0, i + half]) * scale
+        scores = np.empty(S - s0, dtype=q.dtype)
+        _rotate(q[b, base:base + Dh], cos[b, 0], sin[b, 0], qr, scale)
         kh = h // G
-        _attend_one(qr, k_cache[b, kh, :S], v_cache[b, kh, :S], key_mask[b, :S], y, scores)
+        _attend_one(qr, k_cache[b, kh, s0:S], v_cache[b, kh, s0:S], key_mask[b, s0:S], y, scores, softcap)
         out[b, base:base + Dh] = y
 
 
-def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=None):
+_NO_ROPE = {}
+
+
+def no_rope(B, dtype):
+    """The (cos, sin) the decode kernels take for a layer without RoPE: empty tables [B, 1, 0]."""
+    key = (B, np.dtype(dtype))
+    if key not in _NO_ROPE:
+        _NO_ROPE[key] = (np.zeros((B, 1, 0), dtype), np.zeros((B, 1, 0), dtype))
+    return _NO_ROPE[key]
+
+
+def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=None, scale=None,
+                     softcap=None, window=None):
     """RoPE, cache append and attention for one new token per row (see ``decode_attention_ref``)."""
     if reference_mode():
-        return decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask)
+        return decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, scale, softcap,
+                                    window)
     if out is None:
         out = np.empty(q.shape, dtype=q.dtype)
-    _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out)
+    if cos is None:
+        cos, sin = no_rope(q.shape[0], q.dtype)
+    t = q.dtype.type
+    scale = 1 / np.sqrt(k_cache.shape[3]) if scale is None else scale
+    _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out, t(scale),
+                             t(softcap or 0), window or 0)
     return out

@@ -5,24 +5,29 @@ each costing a few microseconds of interpreter and Numba dispatch.  For SmolLM2'
 layers that is over a millisecond per token, a sixth of decoding.  ``decode_layer`` does
 the same math in one call into Numba.  It calls the very kernels the op-by-op path uses
 (``_rms_norm_kernel``, the quantized matrix driver ``_run``, ``_decode_attention_kernel``,
-``_swiglu_fused_kernel``), so the results are the same; only the Python between them is gone.
+``_glu_fused_kernel``), so the results are the same; only the Python between them is gone.
 
     x:  [B, D]                 one new token per row
-    h = rms_norm(x) -> qkv = h Wqkv^T (+ b) -> RoPE, cache append, attention -> y
-    x = x + y Wo^T
-    h = rms_norm(x) -> [gate | up] = h Wgu^T -> silu(gate) * up -> x = x + (.) Wdown^T
+    h = rms_norm(x) -> qkv = h Wqkv^T (+ b) -> [q/k norms] -> RoPE, cache append, attention -> y
+    x = x + [norm](y Wo^T)
+    h = rms_norm(x) -> [gate | up] = h Wgu^T -> act(gate) * up -> x = x + [norm]((.) Wdown^T)
 
-It serves layers whose four matrices are ``QuantizedWeight`` (q|k|v and gate|up fused,
-see ``fuse_rows``), with RMSNorm and no o_proj bias; other layers use the op-by-op path.
+The bracketed steps are family knobs (lesson 08): q/k norms (Qwen3, Gemma 3) and the norms
+on each branch's output (Gemma's sandwich norms); the activation, the attention scale and
+softcap, the sliding window and the RoPE table (none for NoPE layers) are arguments.
+It serves layers whose four matrices are ``QuantizedWeight`` (q|k|v and gate|up fused, see
+``fuse_rows``), with RMSNorms and no o_proj bias; other layers use the op-by-op path.
 """
 
 import numpy as np
 
 from .._jit import njit
 from ..quant import kernels as qk
-from .attention import _decode_attention_kernel
-from .mlp import _swiglu_fused_kernel
+from .attention import _decode_attention_kernel, no_rope
+from .mlp import ACTIVATIONS, _glu_fused_kernel
 from .norm import _rms_norm_kernel
+
+_NONE = np.zeros(0, np.float32)  # an absent norm weight
 
 
 @njit
@@ -35,9 +40,34 @@ def _matmul(kind, pl, rows, x):
 
 
 @njit
-def _decode_layer(x, ln1, ln2, eps, qkv, qkv_bias, o, gate_up, down, cos, sin,
-                  k_cache, v_cache, length, key_mask):
-    # qkv, o, gate_up, down: (ggml type, plane addresses, rows) of each weight
+def _head_norms(y, start, n_heads, dh, w, eps):
+    # RMSNorm of each head in place: y[b, start + h*dh : start + (h+1)*dh] for h < n_heads
+    # (the arithmetic of _rms_norm_kernel, so both paths round alike)
+    for b in range(y.shape[0]):
+        for h in range(n_heads):
+            j0 = start + h * dh
+            ss = 0.0
+            for d in range(dh):
+                ss += y[b, j0 + d] * y[b, j0 + d]
+            inv = 1.0 / np.sqrt(ss / dh + eps)
+            for d in range(dh):
+                y[b, j0 + d] = y[b, j0 + d] * inv * w[d]
+
+
+@njit
+def _normed(x, w, eps):
+    # RMSNorm of x's rows, or x itself when the norm is absent (w of size 0)
+    if w.size == 0:
+        return x
+    out = np.empty_like(x)
+    _rms_norm_kernel(x, w, eps, out)
+    return out
+
+
+@njit
+def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_norm, k_norm, o, gate_up, down,
+                  cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act):
+    # qkv, o, gate_up, down: (ggml type, plane addresses, rows) of each weight; absent norms: size 0
     B, D = x.shape
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     nkv = Hkv * Dh
@@ -48,15 +78,18 @@ def _decode_layer(x, ln1, ln2, eps, qkv, qkv_bias, o, gate_up, down, cos, sin,
     if qkv_bias.size:
         for b in range(B):
             y[b] += qkv_bias
+    if q_norm.size:                                                  # before RoPE (Qwen3, Gemma 3)
+        _head_norms(y, 0, nq // Dh, Dh, q_norm, eps)
+        _head_norms(y, nq, Hkv, Dh, k_norm, eps)
     att = np.empty((B, nq), np.float32)
     _decode_attention_kernel(y[:, :nq], y[:, nq:nq + nkv], y[:, nq + nkv:], cos, sin,
-                             k_cache, v_cache, length, key_mask, att)
-    x = x + _matmul(o[0], o[1], o[2], att)                           # [B, D]
+                             k_cache, v_cache, length, key_mask, att, scale, softcap, window)
+    x = x + _normed(_matmul(o[0], o[1], o[2], att), ln_attn_out, eps)   # [B, D]
     _rms_norm_kernel(x, ln2, eps, h)
     gu = _matmul(gate_up[0], gate_up[1], gate_up[2], h)              # [B, 2F]
-    act = np.empty((B, gate_up[2] // 2), np.float32)
-    _swiglu_fused_kernel(gu, act)
-    return x + _matmul(down[0], down[1], down[2], act)
+    a = np.empty((B, gate_up[2] // 2), np.float32)
+    _glu_fused_kernel(gu, a, act)
+    return x + _normed(_matmul(down[0], down[1], down[2], a), ln_mlp_out, eps)
 
 
 def _weight_args(w):
@@ -64,23 +97,38 @@ def _weight_args(w):
 
 
 def one_call_args(block):
-    """The layer's weights as ``_decode_layer`` takes them, or None if the layer does not qualify
-    (its four matrices quantized, q|k|v and gate|up fused, RMSNorms, no o_proj bias, float32).
-    Computed once per layer: the weights' addresses do not change while the block holds them."""
+    """The layer's weights and knobs as ``_decode_layer`` takes them, or None if the layer does
+    not qualify (its four matrices quantized, q|k|v and gate|up fused, RMSNorms, no o_proj bias,
+    float32).  Computed once per layer: the weights' addresses do not change while the block
+    holds them."""
     from ..quant import QuantizedWeight
 
-    a, n1, n2 = block.self_attn, block.input_layernorm, block.post_attention_layernorm
+    a = block.self_attn
+    norms = [block.input_layernorm, block.mlp_norm]
+    if block.sandwich:
+        norms += [block.post_attention_layernorm, block.post_feedforward_layernorm]
+    if a.q_norm is not None:
+        norms += [a.q_norm, a.k_norm]
     weights = (a.qkv_proj, a.o_proj, block.gate_up_proj, block.down_proj)
     if not (all(isinstance(w, QuantizedWeight) for w in weights) and a.o_bias is None
-            and n1.bias is None and n2.bias is None
-            and n1.weight.dtype == np.float32 and n2.weight.dtype == np.float32
+            and all(n.bias is None and n.scale.dtype == np.float32 for n in norms)
             and (a.qkv_bias is None or a.qkv_bias.dtype == np.float32)):
         return None
-    bias = a.qkv_bias if a.qkv_bias is not None else np.zeros(0, np.float32)
+    bias = a.qkv_bias if a.qkv_bias is not None else _NONE
     qkv, o, gate_up, down = (_weight_args(w) for w in weights)
-    return (n1.weight, n2.weight, np.float32(n1.eps), qkv, bias, o, gate_up, down)
+    sandwich = (block.post_attention_layernorm.scale, block.post_feedforward_layernorm.scale) \
+        if block.sandwich else (_NONE, _NONE)
+    qk_norms = (a.q_norm.scale, a.k_norm.scale) if a.q_norm is not None else (_NONE, _NONE)
+    f32 = np.float32
+    return ((block.input_layernorm.scale, block.mlp_norm.scale, *sandwich, f32(block.input_layernorm.eps),
+             qkv, bias, *qk_norms, o, gate_up, down),
+            (f32(a.scale), f32(a.softcap or 0), a.window or 0, ACTIVATIONS[block.act]))
 
 
 def decode_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
-    """One layer's decode step (x: [B, D] float32) in one Numba call; ``args`` from ``one_call_args``."""
-    return _decode_layer(x, *args, cos, sin, k_cache, v_cache, length, key_mask)
+    """One layer's decode step (x: [B, D] float32) in one Numba call; ``args`` from ``one_call_args``.
+    ``cos``/``sin`` None: a layer without RoPE."""
+    weights, (scale, softcap, window, act) = args
+    if cos is None:
+        cos, sin = no_rope(x.shape[0], np.float32)
+    return _decode_layer(x, *weights, cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act)

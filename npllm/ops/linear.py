@@ -4,8 +4,9 @@ A weight is either a dense float ndarray (BLAS does the work: ``x @ W.T``) or a
 ``QuantizedWeight`` from ``npllm.quant`` that keeps GGUF blocks in memory
 and multiplies without ever materialising the fp32 matrix.
 
-``fuse_rows`` stacks weights that read the same input (q, k, v; gate, up) into one,
-so decoding makes one call where it made three: fewer calls, less per-call overhead.
+``fuse_rows`` stacks weights that read the same input (q, k, v; gate, up) into one, so
+decoding makes one call where it made three: fewer calls, less per-call overhead.
+``split_rows`` goes the other way for checkpoints that store them fused (Phi-3).
 """
 
 import numpy as np
@@ -57,3 +58,14 @@ def fuse_rows(weights, biases=None):
         fused_bias = np.concatenate([b if b is not None else np.zeros(w.shape[0], dtype)
                                      for w, b in zip(weights, biases)])
     return fused, fused_bias, parts
+
+
+def split_rows(w, sizes):
+    """Row views of a weight [sum sizes, D] stored fused in the checkpoint (Phi-3's qkv_proj and
+    gate_up_proj): ``[w[0:s0], w[s0:s0+s1], ...]``, sharing its memory."""
+    from ..quant import QuantizedWeight
+
+    bounds = np.cumsum([0] + list(sizes))
+    if isinstance(w, QuantizedWeight):
+        return [w.row_slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [w[int(a):int(b)] for a, b in zip(bounds[:-1], bounds[1:])]
