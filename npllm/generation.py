@@ -264,9 +264,10 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     limit = getattr(config, "context_length", getattr(config, "max_position_embeddings", None))
     if isinstance(limit, Integral) and T0 > limit:
         if not truncate_prompt:
+            what = (f"max_position_embeddings={limit}" if limit == getattr(config, "max_position_embeddings", limit)
+                    else f"the model's context {limit} (max_position_embeddings x the dynamic RoPE factor)")
             raise GenerationParameterError(
-                f"the prompt has {T0} tokens, more than the model's context of {limit} "
-                f"(max_position_embeddings); shorten it "
+                f"the prompt has {T0} tokens, more than {what}; shorten it "
                 "or pass truncate_prompt=True to keep only its last tokens")
         keep = max(1, limit - max_new_tokens)
         ids, mask, T0 = ids[:, -keep:], mask[:, -keep:], keep

@@ -72,13 +72,16 @@ FAMILIES = {
 }
 
 
-def hf_family_model(name, seed=0):
+def hf_family_model(name, seed=0, **overrides):
     cfg_name, model_name, extra, _ = FAMILIES[name]
     torch.manual_seed(seed)
     fields = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=H,
                   num_key_value_heads=HKV, max_position_embeddings=CTX, rms_norm_eps=1e-6, initializer_range=0.1,
                   tie_word_embeddings=name in ("qwen2", "gemma2", "smollm3"), attn_implementation="eager")
     fields.update(extra)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    for k in [k for k, v in overrides.items() if v is None]:
+        fields.pop(k, None)
     config = getattr(transformers, cfg_name)(**fields)
     model = getattr(transformers, model_name)(config).eval()
     with torch.no_grad():  # non-trivial norms (Gemma's start at 0 = a scale of 1) and biases

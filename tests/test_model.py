@@ -254,7 +254,39 @@ def test_fused_decode_step_equals_the_readable_path(name):
         assert np.abs(a - b)[rows].max() < 1e-12
 
 
-@pytest.mark.parametrize("name,qtype", [("gqa_8_2", "Q4_1"), ("qkv_bias", "Q8_0"), ("mqa", "Q4_0")])
+# Family knobs (lesson 08) the decode paths must carry: Gemma 3's (GELU, 1 + w norms, q/k norms,
+# sandwich norms, scale, softcap, sliding window on some layers, a local RoPE base), NoPE layers.
+KNOB_CONFIGS = {
+    "gemma_knobs": dict(hidden_act="gelu_pytorch_tanh", norm_weight_offset=1.0, qk_norm=True, sandwich_norms=True,
+                        query_pre_attn_scalar=20.0, attn_logit_softcapping=3.0, sliding_window=3,
+                        layer_types=["sliding_attention", "full_attention"], rope_local_base_freq=100.0,
+                        embed_scale=8.0, final_logit_softcapping=4.0),
+    "nope_layer": dict(no_rope_layers=[1, 0], num_attention_heads=8, num_key_value_heads=2),
+    "fused_checkpoint": dict(fused_qkv=True, fused_gate_up=True, attention_bias=True, o_proj_bias=False),
+}
+
+
+@pytest.mark.parametrize("name", list(KNOB_CONFIGS))
+def test_fused_decode_step_with_family_knobs_equals_the_readable_path(name):
+    config = make_config(**KNOB_CONFIGS[name])
+    model = CausalLM(config, seed=12, dtype=np.float64)
+    randomize(model, 13)
+    ids, mask = left_padded_batch(config.vocab_size, seed=14)
+    static, concat = model.new_cache(3, ids.shape[1]), None
+    full, _ = model.forward(ids, attention_mask=mask)
+    for t in range(ids.shape[1]):
+        a, static = model.forward(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=static,
+                                  use_cache=True)
+        b, concat = model.forward(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=concat,
+                                  use_cache=True)
+        rows = mask[:, t].astype(bool)
+        assert np.abs(a - b)[rows].max() < 1e-12
+        assert np.abs(a[:, 0] - full[:, t])[rows].max() < 1e-10
+
+
+@pytest.mark.parametrize("name,qtype", [("gqa_8_2", "Q4_1"), ("qkv_bias", "Q8_0"), ("mqa", "Q4_0"),
+                                        ("gemma_knobs", "Q8_0"), ("nope_layer", "Q4_0"),
+                                        ("fused_checkpoint", "Q4_1")])
 def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
     """ops/decode_layer.py runs a quantized layer's decode step in one Numba call; it must give
     what TransformerBlock.decode's op-by-op path gives (the same kernels), on a left-padded batch,
@@ -263,7 +295,7 @@ def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
 
     from npllm.quant import QuantizedWeight
 
-    config = make_config(**CONFIGS[name], hidden_size=64, intermediate_size=96)
+    config = make_config(**{**CONFIGS, **KNOB_CONFIGS}[name], hidden_size=64, intermediate_size=96)
     model = CausalLM(config, seed=21)
     sd = randomize(model, 22)
     t = gguf.GGMLQuantizationType[qtype]

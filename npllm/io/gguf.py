@@ -41,7 +41,13 @@ from ..config import ModelConfig, iter_parameter_shapes, parameter_count
 from ..quant.formats import BLOCK_LAYOUT, type_name
 from ..errors import ConfigError, ModelFormatError, ModelNotFoundError
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "smollm3")
+# GGUF architecture -> HF model_type (lesson 08: the families differ only in ModelConfig's knobs)
+MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
+               "gemma3": "gemma3_text", "phi3": "phi3", "smollm3": "smollm3"}
+# llama.cpp's converter permutes Q/K rows for the architectures whose RoPE it applies to
+# adjacent pairs ("NORM" rope type); the others store them as HF does ("NEOX").
+PERMUTED_QK = ("llama", "smollm3")
 
 # GGML tensor types npllm can load: id -> (name, values per block, bytes per block), from the
 # one table of block layouts (``npllm.quant.formats``, which needs no kernels).
@@ -62,39 +68,57 @@ _GLOBAL_KEYS = {
     "output_norm.weight": "model.norm.weight",  # [D]
     "output.weight": "lm_head.weight",  # [V, D]; absent -> tied to token_embd
 }
+# Tensors that hold RoPE frequencies, not parameters: they become ModelConfig.rope_scaling.
+ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 _BLOCK_KEYS = {
     "attn_norm": "input_layernorm",
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
+    "attn_qkv": "self_attn.qkv_proj",  # Phi-3: [q; k; v]
+    "attn_q_norm": "self_attn.q_norm",  # Qwen3, Gemma 3: [Dh]
+    "attn_k_norm": "self_attn.k_norm",
     "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
+    "ffn_norm": "post_attention_layernorm",  # Llama's pre-MLP norm
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Gemma 2/3 name their four norms differently: ffn_norm is the pre-MLP norm there.
+_GEMMA_BLOCK_KEYS = dict(_BLOCK_KEYS, ffn_norm="pre_feedforward_layernorm",
+                         post_attention_norm="post_attention_layernorm",
+                         post_ffw_norm="post_feedforward_layernorm")
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.([a-z_]+)\.(weight|bias)")
 
 
-def gguf_to_hf_key(name: str) -> str:
+def _block_keys(arch: str, fused_gate_up: bool = False) -> Dict[str, str]:
+    keys = _GEMMA_BLOCK_KEYS if arch in ("gemma2", "gemma3") else _BLOCK_KEYS
+    if fused_gate_up:  # Phi-3: ffn_up holds [gate; up] (2F rows) and there is no ffn_gate
+        keys = dict(keys, ffn_up="mlp.gate_up_proj")
+    return keys
+
+
+def gguf_to_hf_key(name: str, arch: str = "llama", fused_gate_up: bool = False) -> str:
     """``"blk.3.attn_q.weight"`` -> ``"model.layers.3.self_attn.q_proj.weight"``."""
     if name in _GLOBAL_KEYS:
         return _GLOBAL_KEYS[name]
     m = _BLOCK_RE.fullmatch(name)
-    if m is None or m.group(2) not in _BLOCK_KEYS:
-        raise ModelFormatError(f"unknown GGUF tensor {name!r} (npllm does not know what it is)")
+    keys = _block_keys(arch, fused_gate_up)
+    if m is None or m.group(2) not in keys:
+        raise ModelFormatError(f"unknown GGUF tensor {name!r} for architecture {arch!r} "
+                               "(npllm does not know what it is)")
     layer, part, kind = m.groups()
-    return f"model.layers.{int(layer)}.{_BLOCK_KEYS[part]}.{kind}"
+    return f"model.layers.{int(layer)}.{keys[part]}.{kind}"
 
 
-def hf_to_gguf_key(key: str) -> str:
+def hf_to_gguf_key(key: str, arch: str = "llama", fused_gate_up: bool = False) -> str:
     """The inverse of ``gguf_to_hf_key`` (used in error messages and tests)."""
     for g, h in _GLOBAL_KEYS.items():
         if h == key:
             return g
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
     if m:
-        for g, h in _BLOCK_KEYS.items():
+        for g, h in _block_keys(arch, fused_gate_up).items():
             if h == m.group(2):
                 return f"blk.{m.group(1)}.{g}.{m.group(3)}"
     raise KeyError(key)
@@ -147,7 +171,8 @@ class RawTensor:
     quantized types *and BF16* (NumPy has no bfloat16), float32/float16
     ``shape`` for F32/F16.  Q/K rows of ``llama`` files are already put back in
     HF order (a permuted copy instead of a view): rows are whole quantization
-    blocks, so permuting raw rows is exact for every type.
+    blocks, so permuting raw rows is exact for every type.  Gemma's norm weights are
+    float32 copies holding HF's w (the file stores 1 + w).
     """
 
     name: str  # the GGUF name, e.g. "blk.0.attn_q.weight"
@@ -157,6 +182,7 @@ class RawTensor:
     data: np.ndarray
     unpermuted: bool = False  # True if Q/K rows were reordered on load
     file_offset: int = -1  # where the bytes start in the file (-1: not read from a file)
+    shifted: bool = False  # True for Gemma norms: the file's 1 + w became HF's w (a float32 copy)
 
     @property
     def is_float(self) -> bool:
@@ -248,7 +274,7 @@ def read_gguf(path) -> GGUFCheckpoint:
                           tensors=tensors, file_map=file_map)
     ckpt.release_bytes(0, header.data_start)  # the header is parsed: its pages can go
     for t in tensors.values():
-        if t.unpermuted:  # Q/K rows were copied: the file's rows are not needed any more
+        if t.unpermuted or t.shifted:  # copied: the file's bytes are not needed any more
             ckpt.release(t)
     return ckpt
 
@@ -551,12 +577,100 @@ def _token_id(md, key, vocab_size):
     return value
 
 
+def _get_optional_float(md, key):
+    value = md.get(key)
+    return None if value is None else _get_float(md, key)
+
+
+def _rope_scaling(md, a: str, raw: Dict[str, RawTensor], head_dim: int, n_ctx: int):
+    """RoPE scaling from ``{arch}.rope.scaling.*`` keys and the frequency tensors.
+
+    llama.cpp stores Llama 3's scaling as the tensor ``rope_freqs.weight`` (one divisor per
+    frequency, no scaling keys) and Phi-3's LongRoPE as ``rope_factors_long/short.weight``."""
+    n = head_dim // 2
+
+    def factors(name):
+        t = raw[name]
+        if t.shape != (n,):
+            raise ModelFormatError(f"tensor {name!r} has shape {list(t.shape)}, expected [{n}] (head_dim / 2)")
+        values = t.to_float32().astype(np.float64)
+        if not np.all(np.isfinite(values) & (values > 0)):
+            raise ModelFormatError(f"tensor {name!r} must hold positive finite factors")
+        return [float(v) for v in values]
+
+    kind = md.get(a + "rope.scaling.type")
+    if kind is not None and not isinstance(kind, str):
+        raise ModelFormatError(f"metadata {a}rope.scaling.type must be a string, got {kind!r}")
+    if "rope_factors_long.weight" in raw or "rope_factors_short.weight" in raw:
+        if "rope_factors_long.weight" not in raw or "rope_factors_short.weight" not in raw:
+            raise ModelFormatError("LongRoPE needs both rope_factors_long.weight and rope_factors_short.weight")
+        orig = _get_int(md, a + "rope.scaling.original_context_length", hi=_MAX_CONTEXT)
+        scaling = {"rope_type": "longrope", "long_factor": factors("rope_factors_long.weight"),
+                   "short_factor": factors("rope_factors_short.weight"), "original_max_position_embeddings": orig}
+        attn = _get_optional_float(md, a + "rope.scaling.attn_factor")
+        if attn is not None:
+            scaling["attention_factor"] = attn
+        return scaling
+    if "rope_freqs.weight" in raw:
+        if kind not in (None, "none", "llama3"):
+            raise ModelFormatError(f"metadata {a}rope.scaling.type = {kind!r} together with rope_freqs.weight")
+        return {"rope_type": "freq_factors", "factors": factors("rope_freqs.weight")}
+    if kind in (None, "none"):
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": _get_float(md, a + "rope.scaling.factor")}
+    if kind == "yarn":
+        scaling = {"rope_type": "yarn", "factor": _get_float(md, a + "rope.scaling.factor"),
+                   "original_max_position_embeddings": _get_int(md, a + "rope.scaling.original_context_length",
+                                                                hi=_MAX_CONTEXT)}
+        for key, field_ in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            value = _get_optional_float(md, a + "rope.scaling." + key)
+            if value is not None:
+                scaling[field_] = value
+        # The attention factor stays YaRN's default, 0.1 ln(factor) + 1 (as llama.cpp computes it);
+        # the keys that change it have llama.cpp-version-specific meanings: refused, not guessed.
+        for key, neutral in (("yarn_ext_factor", (-1.0, 1.0)), ("yarn_log_multiplier", (0.0,)),
+                             ("yarn_attn_factor", (1.0,)), ("attn_factor", (1.0,))):
+            value = md.get(a + "rope.scaling." + key)
+            if value is not None and value not in neutral:
+                raise ModelFormatError(f"metadata {a}rope.scaling.{key} = {value!r} is not supported for YaRN")
+        return scaling
+    raise ModelFormatError(f"metadata {a}rope.scaling.type = {kind!r}: npllm implements none, linear, yarn "
+                           "(and llama3 / LongRoPE through the rope_freqs / rope_factors tensors)")
+
+
+def _window_layers(md, a: str, arch: str, n_layers: int):
+    """(sliding_window, layer_types) as llama.cpp reads them: the window from the metadata, the
+    pattern hard-coded per architecture (Gemma 2: every other layer, Gemma 3: 5 of every 6)."""
+    window = md.get(a + "attention.sliding_window")
+    if window is None or window == 0:  # llama.cpp's converters write 0 for "no window"
+        return None, None
+    window = _get_int(md, a + "attention.sliding_window", hi=_MAX_CONTEXT)
+    pattern = md.get(a + "attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # newer converters: one bool per layer
+        if len(pattern) != n_layers or not all(isinstance(p, bool) for p in pattern):
+            raise ModelFormatError(f"metadata {a}attention.sliding_window_pattern must hold one bool per layer")
+        types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    elif arch in ("gemma2", "gemma3"):
+        step = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0 \
+            else (2 if arch == "gemma2" else 6)
+        types = ["sliding_attention" if (i + 1) % step else "full_attention" for i in range(n_layers)]
+    else:
+        types = None  # every layer (Mistral, Phi-3)
+    return window, types
+
+
 def config_from_metadata(md: Dict[str, Any], arch: str, raw: Dict[str, RawTensor]) -> ModelConfig:
-    """Map ``{arch}.*`` metadata to an HF-style config (as transformers' GGUF loader does)."""
+    """Map ``{arch}.*`` metadata (and the tensors present) to a ``ModelConfig`` with the family's knobs.
+
+    Where a GGUF carries no key for a knob, the value is the one llama.cpp hard-codes for the
+    architecture (Gemma's sqrt(D) embedding scale and norm offset, its window patterns and its
+    local RoPE base, SmolLM3's NoPE layers)."""
     a = arch + "."
     n_head = _get_int(md, a + "attention.head_count", hi=_MAX_HEADS)
     n_kv = _get_int(md, a + "attention.head_count_kv", hi=_MAX_HEADS, default=n_head)
     d_model = _get_int(md, a + "embedding_length")
+    n_layers = _get_int(md, a + "block_count", hi=_MAX_LAYERS)
     head_dim = _get_int(md, a + "attention.key_length", default=d_model // n_head if d_model >= n_head else 0)
     value_dim = _get_int(md, a + "attention.value_length", default=head_dim)
     if value_dim != head_dim:
@@ -566,63 +680,90 @@ def config_from_metadata(md: Dict[str, Any], arch: str, raw: Dict[str, RawTensor
         raise ModelFormatError(
             f"metadata {a}rope.dimension_count = {rope_dims}: partial rotary embeddings are not supported "
             f"(expected the head dim {head_dim})")
-    scaling = md.get(a + "rope.scaling.type")
-    if scaling not in (None, "none"):
-        raise ModelFormatError(f"metadata {a}rope.scaling.type = {scaling!r}: RoPE scaling is not supported")
+    n_ctx = _get_int(md, a + "context_length", hi=_MAX_CONTEXT)
 
     tokens = md.get("tokenizer.ggml.tokens")
     vocab_default = len(tokens) if isinstance(tokens, list) and tokens else None
     if vocab_default is None and "token_embd.weight" in raw:
         vocab_default = raw["token_embd.weight"].shape[0]
     vocab = _get_int(md, a + "vocab_size", hi=_MAX_VOCAB, default=vocab_default)
+    window, layer_types = _window_layers(md, a, arch, n_layers)
 
-    d = {
-        "model_type": arch,
-        "vocab_size": vocab,
-        "hidden_size": d_model,
-        "intermediate_size": _get_int(md, a + "feed_forward_length"),
-        "num_hidden_layers": _get_int(md, a + "block_count", hi=_MAX_LAYERS),
-        "num_attention_heads": n_head,
-        "num_key_value_heads": n_kv,
-        "head_dim": head_dim,
-        "max_position_embeddings": _get_int(md, a + "context_length", hi=_MAX_CONTEXT),
-        "rms_norm_eps": _get_float(md, a + "attention.layer_norm_rms_epsilon"),
-        "rope_theta": _get_float(md, a + "rope.freq_base", default=10000.0),
-        "tie_word_embeddings": "output.weight" not in raw,
-        "attention_bias": "blk.0.attn_q.bias" in raw,
-        "bos_token_id": _token_id(md, "tokenizer.ggml.bos_token_id", vocab),
-        "eos_token_id": _token_id(md, "tokenizer.ggml.eos_token_id", vocab),
-        "pad_token_id": _token_id(md, "tokenizer.ggml.padding_token_id", vocab),
-    }
-    if arch == "llama":
-        d["o_proj_bias"] = "blk.0.attn_output.bias" in raw
-    return ModelConfig.from_dict(d)
+    c = dict(
+        model_type=MODEL_TYPES[arch], vocab_size=vocab, hidden_size=d_model,
+        intermediate_size=_get_int(md, a + "feed_forward_length"), num_hidden_layers=n_layers,
+        num_attention_heads=n_head, num_key_value_heads=n_kv, head_dim=head_dim, max_position_embeddings=n_ctx,
+        rms_norm_eps=_get_float(md, a + "attention.layer_norm_rms_epsilon"),
+        rope_theta=_get_float(md, a + "rope.freq_base", default=10000.0),
+        rope_scaling=_rope_scaling(md, a, raw, head_dim, n_ctx),
+        tie_word_embeddings="output.weight" not in raw,
+        attention_bias="blk.0.attn_q.bias" in raw or "blk.0.attn_qkv.bias" in raw,
+        o_proj_bias="blk.0.attn_output.bias" in raw,
+        qk_norm="blk.0.attn_q_norm.weight" in raw,
+        fused_qkv="blk.0.attn_qkv.weight" in raw,
+        fused_gate_up=arch == "phi3" and "blk.0.ffn_gate.weight" not in raw,
+        sliding_window=window, layer_types=layer_types,
+        bos_token_id=_token_id(md, "tokenizer.ggml.bos_token_id", vocab),
+        eos_token_id=_token_id(md, "tokenizer.ggml.eos_token_id", vocab),
+        pad_token_id=_token_id(md, "tokenizer.ggml.padding_token_id", vocab),
+    )
+    if arch in ("gemma", "gemma2", "gemma3"):
+        # llama.cpp hard-codes these for Gemma: GELU (tanh), x sqrt(D) embeddings, and norms whose
+        # file weights are 1 + w (the loader subtracts 1: ModelConfig holds HF's w).
+        c.update(hidden_act="gelu_pytorch_tanh", norm_weight_offset=1.0, embed_scale=float(d_model) ** 0.5)
+    if arch in ("gemma2", "gemma3"):
+        # attention scale: 1/sqrt(head_dim), except the 27B models (46 / 62 layers): 1/sqrt(D/H)
+        big = n_layers == (46 if arch == "gemma2" else 62)
+        c.update(sandwich_norms=True, query_pre_attn_scalar=float(d_model // n_head if big else head_dim))
+        caps = (50.0, 30.0) if arch == "gemma2" else (None, None)  # llama.cpp's defaults for gemma2
+        c["attn_logit_softcapping"] = _get_optional_float(md, a + "attn_logit_softcapping") or caps[0]
+        c["final_logit_softcapping"] = _get_optional_float(md, a + "final_logit_softcapping") or caps[1]
+        if arch == "gemma3":
+            if c["attn_logit_softcapping"] is not None:
+                raise ModelFormatError(f"metadata {a}attn_logit_softcapping: Gemma 3 has no attention softcap")
+            c["rope_local_base_freq"] = _get_float(md, a + "rope.freq_base_swa", default=10000.0)
+    if arch == "smollm3":  # llama.cpp: every 4th layer has no RoPE
+        c["no_rope_layers"] = [int((i + 1) % 4 != 0) for i in range(n_layers)]
+    return ModelConfig(**c)
 
 
 # ------------------------------------------------------------------ tensors
 def _map_tensors(raw: Dict[str, RawTensor], config: ModelConfig, arch: str) -> Dict[str, RawTensor]:
-    """GGUF names -> HF keys, with shape checks and the Q/K unpermutation."""
+    """GGUF names -> HF keys, with shape checks, the Q/K unpermutation and Gemma's norm shift."""
     expected = hf_tensor_shapes(config)
     tensors: Dict[str, RawTensor] = {}
     for name, t in raw.items():
-        key = gguf_to_hf_key(name)
+        if name in ROPE_TENSORS:  # read into config.rope_scaling
+            continue
+        key = gguf_to_hf_key(name, arch, config.fused_gate_up)
         if key not in expected:
             raise ModelFormatError(f"unexpected tensor {name!r} ({key}) for this config "
-                                   f"({config.num_hidden_layers} layers)")
+                                   f"({config.num_hidden_layers} layers, architecture {arch!r})")
         if t.shape != expected[key]:
             raise ModelFormatError(
                 f"tensor {name!r} ({key}) has shape {list(t.shape)}, expected {list(expected[key])} from the metadata")
         tensors[key] = t
     missing = [k for k in expected if k not in tensors]
     if missing:
-        raise ModelFormatError(f"tensor {hf_to_gguf_key(missing[0])!r} ({missing[0]}) is missing"
+        name = hf_to_gguf_key(missing[0], arch, config.fused_gate_up)
+        raise ModelFormatError(f"tensor {name!r} ({missing[0]}) is missing"
                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if arch == "llama":  # qwen2 files use NeoX RoPE and are stored unpermuted
+    if arch in PERMUTED_QK:  # the others use NeoX RoPE and are stored unpermuted
         for key, t in tensors.items():
             if ".self_attn.q_proj." in key or ".self_attn.k_proj." in key:
                 n_head = config.num_attention_heads if ".q_proj." in key else config.num_key_value_heads
                 tensors[key] = _unpermuted(t, n_head)
+    if config.norm_weight_offset:
+        for key, t in tensors.items():
+            if key.endswith("norm.weight"):
+                tensors[key] = _shifted(t, config.norm_weight_offset)
     return tensors
+
+
+def _shifted(t: RawTensor, offset: float) -> RawTensor:
+    """Gemma: the file holds 1 + w; HF's Gemma*RMSNorm (and npllm's config) hold w."""
+    data = t.to_float32() - np.float32(offset)
+    return RawTensor(t.name, 0, "F32", t.shape, data, file_offset=t.file_offset, shifted=True)
 
 
 def _unpermuted(t: RawTensor, n_head: int) -> RawTensor:
