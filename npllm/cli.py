@@ -48,11 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="?", help="the prompt (default: read from -p or stdin)")
     g.add_argument("-p", "--prompt", dest="prompt_opt", default=None)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    g.add_argument("--chat-template", dest="chat_template", metavar="FILE", default=None,
+                   help="a Jinja chat template file, for models whose file has none (implies --chat)")
 
     c = sub.add_parser("chat", help="interactive multi-turn chat using the model's chat template")
     _add_model_args(c)
     _add_sampling_args(c)
     c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--chat-template", dest="chat_template", metavar="FILE", default=None,
+                   help="a Jinja chat template file, for models whose file has none")
 
     i = sub.add_parser("info", help="architecture, parameters, tensor types and KV-cache size")
     _add_model_args(i)
@@ -74,7 +78,22 @@ def _load(args):
     from .loading import load
 
     _jit.set_num_threads(args.threads)
-    return load(args.model, progress=not args.no_progress)
+    template = _read_template(getattr(args, "chat_template", None))
+    model, tok = load(args.model, progress=not args.no_progress)
+    if template is not None:
+        tok.chat_template = template
+    return model, tok
+
+
+def _read_template(path):
+    """The text of a --chat-template FILE (read before the model loads, so a typo fails fast)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise _UsageError(f"--chat-template {path}: {e.strerror or e}") from None
 
 
 def _sampling_kwargs(args) -> dict:
@@ -103,7 +122,7 @@ def cmd_generate(args) -> int:
     if not prompt:
         raise _UsageError("the prompt is empty")
     model, tok = _load(args)
-    if args.chat:
+    if args.chat or args.chat_template:
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
     else:
         ids = tok.encode(prompt)
@@ -163,6 +182,8 @@ def cmd_info(args) -> int:
         ("max positions", c.max_position_embeddings),
         ("rope_theta", c.rope_theta),
         ("tied embeddings", c.tie_word_embeddings),
+        *((("knob " + k, _knob_text(k, v)) for k, v in c.knobs().items()) if c.knobs()
+          else [("knobs", "none (every family knob at Llama's value)")]),
         ("tensor types", ", ".join(f"{k}: {v}" for k, v in sorted(types.items()))),
         (f"KV cache for {args.context} tokens",
          f"{kv16:,} bytes in fp16 ({kv16 / 2**20:.1f} MiB); {kv_run:,} bytes as run ({model.dtype})"),
@@ -172,6 +193,26 @@ def cmd_info(args) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _knob_text(name, value) -> str:
+    """One line for a family knob (lesson 08): per-layer lists are summarised."""
+    if name == "layer_types":
+        sliding = [i for i, t in enumerate(value) if t == "sliding_attention"]
+        full = [i for i, t in enumerate(value) if t != "sliding_attention"]
+        return f"{len(sliding)} sliding, {len(full)} full (full: layers {_ranges(full)})"
+    if name == "no_rope_layers":
+        return f"no RoPE in layers {_ranges([i for i, v in enumerate(value) if not v])}"
+    if name == "rope_scaling":
+        short = {k: (f"[{len(v)} values]" if isinstance(v, list) else v) for k, v in value.items()}
+        return ", ".join(f"{k}={v}" for k, v in short.items())
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _ranges(indices) -> str:
+    return ", ".join(str(i) for i in indices) if indices else "none"
 
 
 def cmd_perplexity(args) -> int:

@@ -286,7 +286,7 @@ def test_fused_decode_step_with_family_knobs_equals_the_readable_path(name):
 
 @pytest.mark.parametrize("name,qtype", [("gqa_8_2", "Q4_1"), ("qkv_bias", "Q8_0"), ("mqa", "Q4_0"),
                                         ("gemma_knobs", "Q8_0"), ("nope_layer", "Q4_0"),
-                                        ("fused_checkpoint", "Q4_1")])
+                                        ("fused_checkpoint", "Q4_1"), ("qkv_bias", "Q4_0+v:Q8_0")])
 def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
     """ops/decode_layer.py runs a quantized layer's decode step in one Numba call; it must give
     what TransformerBlock.decode's op-by-op path gives (the same kernels), on a left-padded batch,
@@ -298,9 +298,14 @@ def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
     config = make_config(**{**CONFIGS, **KNOB_CONFIGS}[name], hidden_size=64, intermediate_size=96)
     model = CausalLM(config, seed=21)
     sd = randomize(model, 22)
-    t = gguf.GGMLQuantizationType[qtype]
-    quantized = {k: (QuantizedWeight.from_raw(np.asarray(gguf.quants.quantize(v, t)).view(np.uint8), int(t), v.shape)
-                     if v.ndim == 2 and k != "model.embed_tokens.weight" else v) for k, v in sd.items()}
+    main, _, v_type = qtype.partition("+v:")   # "+v:T": v_proj of another type (q|k|v not fusable)
+
+    def quantize(k, v):
+        t = gguf.GGMLQuantizationType[v_type if v_type and ".v_proj." in k else main]
+        return QuantizedWeight.from_raw(np.asarray(gguf.quants.quantize(v, t)).view(np.uint8), int(t), v.shape)
+
+    quantized = {k: (quantize(k, v) if v.ndim == 2 and k != "model.embed_tokens.weight" else v)
+                 for k, v in sd.items()}
     qmodel = CausalLM(config, init=False)
     qmodel.load_state_dict(quantized)
     one_call = [layer.one_call for layer in qmodel.layers]

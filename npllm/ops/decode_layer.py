@@ -65,16 +65,30 @@ def _normed(x, w, eps):
 
 
 @njit
+def _qkv(qkv, h):
+    # q|k|v: one fused weight (the other two entries have 0 rows), or three of different types
+    rows = qkv[0][2] + qkv[1][2] + qkv[2][2]
+    if qkv[1][2] == 0:
+        return _matmul(qkv[0][0], qkv[0][1], rows, h)
+    y = np.empty((h.shape[0], rows), np.float32)
+    r0 = 0
+    for w in qkv:
+        y[:, r0:r0 + w[2]] = _matmul(w[0], w[1], w[2], h)
+        r0 += w[2]
+    return y
+
+
+@njit
 def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_norm, k_norm, o, gate_up, down,
                   cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act):
-    # qkv, o, gate_up, down: (ggml type, plane addresses, rows) of each weight; absent norms: size 0
+    # qkv: three (ggml type, plane addresses, rows); o, gate_up, down: one each; absent norms: size 0
     B, D = x.shape
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     nkv = Hkv * Dh
-    nq = qkv[2] - 2 * nkv
     h = np.empty((B, D), np.float32)
     _rms_norm_kernel(x, ln1, eps, h)
-    y = _matmul(qkv[0], qkv[1], qkv[2], h)                           # [B, nq + 2 nkv]
+    y = _qkv(qkv, h)                                                 # [B, nq + 2 nkv]
+    nq = y.shape[1] - 2 * nkv
     if qkv_bias.size:
         for b in range(B):
             y[b] += qkv_bias
@@ -98,9 +112,9 @@ def _weight_args(w):
 
 def one_call_args(block):
     """The layer's weights and knobs as ``_decode_layer`` takes them, or None if the layer does
-    not qualify (its four matrices quantized, q|k|v and gate|up fused, RMSNorms, no o_proj bias,
-    float32).  Computed once per layer: the weights' addresses do not change while the block
-    holds them."""
+    not qualify (its matrices quantized, gate|up fused, RMSNorms, no o_proj bias, float32; q, k
+    and v fused, or three weights when their types differ, as in Gemma-3-270M's Q4_K_M file).
+    Computed once per layer: the weights' addresses do not change while the block holds them."""
     from ..quant import QuantizedWeight
 
     a = block.self_attn
@@ -109,13 +123,28 @@ def one_call_args(block):
         norms += [block.post_attention_layernorm, block.post_feedforward_layernorm]
     if a.q_norm is not None:
         norms += [a.q_norm, a.k_norm]
-    weights = (a.qkv_proj, a.o_proj, block.gate_up_proj, block.down_proj)
+    projections = (a.qkv_proj,) if a.qkv_proj is not None else (a.q_proj, a.k_proj, a.v_proj)
+    weights = (*projections, a.o_proj, block.gate_up_proj, block.down_proj)
     if not (all(isinstance(w, QuantizedWeight) for w in weights) and a.o_bias is None
-            and all(n.bias is None and n.scale.dtype == np.float32 for n in norms)
-            and (a.qkv_bias is None or a.qkv_bias.dtype == np.float32)):
+            and all(n.bias is None and n.scale.dtype == np.float32 for n in norms)):
         return None
-    bias = a.qkv_bias if a.qkv_bias is not None else _NONE
-    qkv, o, gate_up, down = (_weight_args(w) for w in weights)
+    biases = (a.q_bias, a.k_bias, a.v_bias)
+    if a.qkv_bias is not None:
+        bias = a.qkv_bias
+    elif any(b is not None for b in biases):
+        bias = np.concatenate([b if b is not None else np.zeros(w.shape[0], np.float32)
+                               for b, w in zip(biases, projections)]).astype(np.float32)
+    else:
+        bias = _NONE
+    if bias.dtype != np.float32:
+        return None
+    if len(projections) == 1:
+        fused = _weight_args(projections[0])
+        empty = (fused[0], fused[1], 0)
+        qkv = (fused, empty, empty)
+    else:
+        qkv = tuple(_weight_args(w) for w in projections)
+    o, gate_up, down = (_weight_args(w) for w in weights[-3:])
     sandwich = (block.post_attention_layernorm.scale, block.post_feedforward_layernorm.scale) \
         if block.sandwich else (_NONE, _NONE)
     qk_norms = (a.q_norm.scale, a.k_norm.scale) if a.q_norm is not None else (_NONE, _NONE)
