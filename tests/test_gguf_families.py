@@ -62,8 +62,9 @@ def llama3_rope_freqs(theta, dim, p):
     return np.array(out, np.float32)
 
 
-def write_family_gguf(hf, name, path, qtype=None):
-    """``hf`` (a transformers model) as a GGUF of architecture ARCH[name], in llama.cpp's layout."""
+def write_family_gguf(hf, name, path, qtype=None, with_tokenizer=False):
+    """``hf`` (a transformers model) as a GGUF of architecture ARCH[name], in llama.cpp's layout.
+    ``with_tokenizer``: also a small byte-level vocabulary of the model's size (for ``npllm.load``)."""
     arch, c = ARCH[name], hf.config
     a = arch + "."
     w = gguf.GGUFWriter(str(path), arch)
@@ -81,6 +82,18 @@ def write_family_gguf(hf, name, path, qtype=None):
     w.add_float32(a + "attention.layer_norm_rms_epsilon", c.rms_norm_eps)
     w.add_float32(a + "rope.freq_base", full["rope_theta"])
     w.add_uint32(a + "vocab_size", c.vocab_size)
+    if with_tokenizer:
+        from _helpers_io import byte_level_alphabet
+
+        chars = byte_level_alphabet()[:c.vocab_size - 4]
+        tokens = ["<pad>", "<eos>", "<bos>"] + chars + [chars[0] + chars[1]]
+        w.add_string("tokenizer.ggml.model", "gpt2")
+        w.add_string("tokenizer.ggml.pre", "gpt2")
+        w.add_token_list(tokens)
+        w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+        w.add_token_merges([f"{chars[0]} {chars[1]}"])
+        w.add_uint32("tokenizer.ggml.bos_token_id", 2)
+        w.add_uint32("tokenizer.ggml.eos_token_id", 1)
     tensors = {}
     kind = full.get("rope_type", "default")
     if kind == "llama3":

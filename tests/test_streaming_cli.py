@@ -98,6 +98,44 @@ def test_cli_info_reports_architecture_and_kv_bytes(smol):
     assert f"{model.num_parameters():,}" in r.stdout
 
 
+def test_cli_generate_with_a_chat_template_file_renders_it(smol, tmp_path):
+    # --chat-template FILE replaces the model's template (for files that have none, as Gemma-3-270M)
+    model, tok = smol
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}<|im_start|>user\n{{ m['content'] | upper }}<|im_end|>\n"
+                        "{% endfor %}<|im_start|>assistant\n")
+    ids = tok.apply_chat_template([{"role": "user", "content": "name a colour"}],
+                                  chat_template=template.read_text())
+    assert tok.decode(ids).count("NAME A COLOUR") == 1
+    expected = tok.decode(model.generate(np.array([ids]), max_new_tokens=6, temperature=0,
+                                         eos_token_id=tok.stop_token_ids)[0, len(ids):].tolist(),
+                          skip_special_tokens=True)
+    r = run_cli("generate", "--temperature", "0", "-n", "6", "--no-progress", "--chat-template", str(template),
+                "name a colour")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected + "\n"
+    r = run_cli("generate", "--no-progress", "--chat-template", str(tmp_path / "missing.jinja"), "hi")
+    assert r.returncode == 2 and "missing.jinja" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_info_prints_the_family_knobs(tmp_path):
+    # a Gemma-2 GGUF (lesson 08): its knobs, one line each; the per-layer pattern summarised
+    from test_families import hf_family_model
+    from test_gguf_families import write_family_gguf
+
+    path = tmp_path / "gemma2.gguf"
+    write_family_gguf(hf_family_model("gemma2"), "gemma2", path, with_tokenizer=True)
+    r = run_cli("info", "--no-progress", "-m", str(path))
+    assert r.returncode == 0, r.stderr
+    import re
+
+    for knob, value in (("sandwich_norms", "True"), ("attn_logit_softcapping", "3"), ("final_logit_softcapping", "5"),
+                        ("sliding_window", "5"), ("layer_types", r"2 sliding, 1 full \(full: layers 1\)"),
+                        ("hidden_act", "gelu_pytorch_tanh"), ("norm_weight_offset", "1")):
+        assert re.search(rf"^knob {knob} +{value}$", r.stdout, re.M), (knob, r.stdout)
+    assert re.search(r"^knobs +none", run_cli("info", "--no-progress").stdout, re.M)
+
+
 def test_cli_chat_answers_each_turn(smol):
     r = run_cli("chat", "--temperature", "0", "-n", "8", "--no-progress", "--system", "Be brief.",
                 input="Hi!\nWhat is 2+2?\n")
