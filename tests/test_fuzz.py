@@ -9,6 +9,11 @@ logits that generation reports) or raises an ``npllm.errors`` error that is a ``
 whose message names the file; a raw ``struct.error``/``KeyError``/``MemoryError``..., a crash
 or a hang (more than ``CASE_TIMEOUT`` seconds) fails it, and the worker is restarted.
 
+The model families' GGUFs (gemma2/gemma3/phi3/qwen3/smollm3/gemma, and llama with Llama 3's
+``rope_freqs``) are fuzzed too: their new metadata keys (windows and patterns, softcaps, the local
+RoPE base, RoPE scaling keys) and tensors (q/k norms, Gemma's extra norms, ``attn_qkv``, the RoPE
+factor tensors) made wrong, and truncations and bit flips of a Gemma 3 and a Phi-3 file.
+
 Mutation types: truncation at every structural boundary, bit flips in the header, metadata and
 tensor-info regions, huge counts, lengths and dims, offsets out of range or misaligned, unknown
 GGML types and metadata value types, odd metadata values, missing keys and tensors, safetensors
@@ -588,6 +593,144 @@ def gguf_writer_variants() -> List[Case]:
             if kw is not None]
 
 
+# ----------------------------------------------- the model families' GGUFs (lesson 08)
+FAM_D, FAM_F, FAM_H, FAM_KV, FAM_DH = 32, 64, 2, 1, 16
+
+
+def write_family_gguf(path: str, arch: str, metadata: Optional[dict] = None, skip: tuple = (), drop: tuple = (),
+                      extra_tensors: Optional[dict] = None, quant=T.Q8_0):
+    """A valid tiny GGUF of a non-Llama family in llama.cpp's layout: gemma3 (q/k norms, four norms,
+    a sliding window, a local RoPE base), gemma2 (softcaps), phi3 (attn_qkv, 2F-row ffn_up, LongRoPE
+    factors), qwen3 (head_dim != D/H), llama with Llama 3's rope_freqs, smollm3."""
+    tokens, token_types = tiny_vocab()
+    rng = np.random.default_rng(3)
+    a = arch + "."
+    dh = 24 if arch == "qwen3" else FAM_DH
+    q_rows, kv_rows = FAM_H * dh, FAM_KV * dh
+    md = {a + "block_count": ("uint32", 2), a + "context_length": ("uint32", 64),
+          a + "embedding_length": ("uint32", FAM_D), a + "feed_forward_length": ("uint32", FAM_F),
+          a + "attention.head_count": ("uint32", FAM_H), a + "attention.head_count_kv": ("uint32", FAM_KV),
+          a + "attention.key_length": ("uint32", dh), a + "attention.value_length": ("uint32", dh),
+          a + "rope.freq_base": ("float32", 10000.0), a + "attention.layer_norm_rms_epsilon": ("float32", 1e-6),
+          "tokenizer.ggml.model": ("string", "gpt2"), "tokenizer.ggml.pre": ("string", "gpt2"),
+          "tokenizer.ggml.bos_token_id": ("uint32", 1), "tokenizer.ggml.eos_token_id": ("uint32", 2)}
+    if arch in ("gemma2", "gemma3"):
+        md[a + "attention.sliding_window"] = ("uint32", 3)
+    if arch == "gemma3":
+        md[a + "rope.freq_base_swa"] = ("float32", 100.0)
+    if arch == "gemma2":
+        md[a + "attn_logit_softcapping"] = ("float32", 50.0)
+        md[a + "final_logit_softcapping"] = ("float32", 30.0)
+    if arch == "phi3":
+        md[a + "rope.scaling.original_context_length"] = ("uint32", 16)
+        md[a + "rope.scaling.attn_factor"] = ("float32", 1.2)
+        md[a + "attention.sliding_window"] = ("uint32", 5)
+    md.update(metadata or {})
+    writer = gguf.GGUFWriter(path, arch)
+    for key, (kind, value) in md.items():
+        if key not in skip:
+            getattr(writer, "add_" + kind)(key, value)
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(MERGES)
+    V = len(tokens)
+    t = {"token_embd.weight": rng.standard_normal((V, FAM_D)), "output_norm.weight": 1 + rng.random(FAM_D)}
+    for i in range(2):
+        b = f"blk.{i}."
+        t[b + "attn_norm.weight"] = 1 + rng.random(FAM_D)
+        if arch == "phi3":
+            t[b + "attn_qkv.weight"] = rng.standard_normal((q_rows + 2 * kv_rows, FAM_D))
+            t[b + "ffn_up.weight"] = rng.standard_normal((2 * FAM_F, FAM_D))
+        else:
+            t[b + "attn_q.weight"] = rng.standard_normal((q_rows, FAM_D))
+            t[b + "attn_k.weight"] = rng.standard_normal((kv_rows, FAM_D))
+            t[b + "attn_v.weight"] = rng.standard_normal((kv_rows, FAM_D))
+            t[b + "ffn_gate.weight"] = rng.standard_normal((FAM_F, FAM_D))
+            t[b + "ffn_up.weight"] = rng.standard_normal((FAM_F, FAM_D))
+        t[b + "attn_output.weight"] = rng.standard_normal((FAM_D, q_rows))
+        t[b + "ffn_down.weight"] = rng.standard_normal((FAM_D, FAM_F))
+        t[b + "ffn_norm.weight"] = 1 + rng.random(FAM_D)
+        if arch in ("gemma3", "qwen3"):
+            t[b + "attn_q_norm.weight"] = 1 + rng.random(dh)
+            t[b + "attn_k_norm.weight"] = 1 + rng.random(dh)
+        if arch in ("gemma2", "gemma3"):
+            t[b + "post_attention_norm.weight"] = 1 + rng.random(FAM_D)
+            t[b + "post_ffw_norm.weight"] = 1 + rng.random(FAM_D)
+    if arch == "llama":
+        t["rope_freqs.weight"] = np.linspace(1, 8, dh // 2)
+    if arch == "phi3":
+        t["rope_factors_long.weight"] = np.linspace(1, 4, dh // 2)
+        t["rope_factors_short.weight"] = np.linspace(1, 1.5, dh // 2)
+    t.update(extra_tensors or {})
+    for name, value in t.items():
+        if name in drop:
+            continue
+        value = np.ascontiguousarray(value, np.float32) * (0.2 if value.ndim == 2 else 1)
+        if quant is not None and value.ndim == 2 and value.shape[1] % 32 == 0:
+            raw = gguf.quants.quantize(value, quant)
+            writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=quant)
+        else:
+            writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+FAMILY_ARCHS = ("gemma3", "gemma2", "phi3", "qwen3", "llama", "smollm3", "gemma")
+
+
+def family_variants() -> List[Case]:
+    """The new metadata keys and tensors of the families, each made wrong in the ways a file can be."""
+    v = {}
+    for key in ("attention.sliding_window",):
+        for kind, value in (("uint32", 0), ("uint64", 2**40), ("string", "3"), ("int32", -3), ("float32", 3.0),
+                            ("bool", True)):
+            v[f"gemma3_window_{kind}_{value}"] = ("gemma3", dict(metadata={"gemma3." + key: (kind, value)}))
+    for name, value in (("list_short", [True]), ("ints", [1, 0]), ("ok", [True, False])):
+        v[f"gemma3_pattern_{name}"] = ("gemma3", dict(metadata={"gemma3.attention.sliding_window_pattern":
+                                                                ("array", value)}))
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        for kind, value in (("float32", 0.0), ("float32", -5.0), ("float32", float("nan")), ("string", "x"),
+                            ("float32", float("inf"))):
+            v[f"gemma2_{key}_{kind}_{value}"] = ("gemma2", dict(metadata={"gemma2." + key: (kind, value)}))
+    v["gemma3_attn_softcap"] = ("gemma3", dict(metadata={"gemma3.attn_logit_softcapping": ("float32", 50.0)}))
+    for kind, value in (("float32", float("nan")), ("float32", -1.0), ("string", "1e4")):
+        v[f"gemma3_swa_base_{kind}_{value}"] = ("gemma3", dict(metadata={"gemma3.rope.freq_base_swa": (kind, value)}))
+    half = FAM_DH // 2
+    for name, value in (("short", np.ones(half - 1)), ("zeros", np.zeros(half)), ("negative", -np.ones(half)),
+                        ("nan", np.full(half, np.nan)), ("2d", np.ones((2, half))), ("huge", np.full(half, 1e38))):
+        v[f"llama_rope_freqs_{name}"] = ("llama", dict(extra_tensors={"rope_freqs.weight": value}))
+        v[f"phi3_rope_factors_long_{name}"] = ("phi3", dict(extra_tensors={"rope_factors_long.weight": value}))
+    v["llama_rope_freqs_with_yarn"] = ("llama", dict(metadata={"llama.rope.scaling.type": ("string", "yarn")}))
+    v["phi3_only_long_factors"] = ("phi3", dict(drop=("rope_factors_short.weight",)))
+    v["phi3_no_original_context"] = ("phi3", dict(skip=("phi3.rope.scaling.original_context_length",)))
+    v["phi3_attn_factor_nan"] = ("phi3", dict(metadata={"phi3.rope.scaling.attn_factor": ("float32", float("nan"))}))
+    v["phi3_qkv_wrong_rows"] = ("phi3", dict(extra_tensors={"blk.0.attn_qkv.weight": np.ones((40, FAM_D))}))
+    v["phi3_with_ffn_gate"] = ("phi3", dict(extra_tensors={"blk.0.ffn_gate.weight": np.ones((FAM_F, FAM_D))}))
+    v["phi3_qkv_missing_layer1"] = ("phi3", dict(drop=("blk.1.attn_qkv.weight",)))
+    for arch in ("gemma3", "qwen3"):
+        v[f"{arch}_q_norm_missing"] = (arch, dict(drop=("blk.1.attn_q_norm.weight",)))
+        v[f"{arch}_q_norm_wrong_size"] = (arch, dict(extra_tensors={"blk.0.attn_q_norm.weight": np.ones(7)}))
+    v["gemma2_post_ffw_missing"] = ("gemma2", dict(drop=("blk.0.post_ffw_norm.weight",)))
+    v["gemma2_extra_post_norm_on_llama"] = ("llama", dict(extra_tensors={"blk.0.post_ffw_norm.weight": np.ones(FAM_D)}))
+    v["qwen3_key_length_mismatch"] = ("qwen3", dict(metadata={"qwen3.attention.key_length": ("uint32", 16),
+                                                              "qwen3.attention.value_length": ("uint32", 16)}))
+    for kind in ("linear", "yarn", "longrope", "dynamic"):
+        v[f"llama_scaling_{kind}_no_factor"] = ("llama", dict(drop=("rope_freqs.weight",), metadata={
+            "llama.rope.scaling.type": ("string", kind)}))
+    v["llama_yarn_ok"] = ("llama", dict(drop=("rope_freqs.weight",), metadata={
+        "llama.rope.scaling.type": ("string", "yarn"), "llama.rope.scaling.factor": ("float32", 4.0),
+        "llama.rope.scaling.original_context_length": ("uint32", 16)}))
+    v["llama_linear_factor_zero"] = ("llama", dict(drop=("rope_freqs.weight",), metadata={
+        "llama.rope.scaling.type": ("string", "linear"), "llama.rope.scaling.factor": ("float32", 0.0)}))
+    v["gemma3_window_pattern_bools_wrong_type"] = ("gemma3", dict(metadata={
+        "gemma3.attention.sliding_window_pattern": ("uint32", 7)}))
+    v["arch_gemma4"] = ("gemma3", dict(metadata={"general.architecture": ("string", "gemma4")}))
+    return [Case(f"g_f_{name}", lambda p, arch=arch, kw=kw: write_family_gguf(p, arch, **kw))
+            for name, (arch, kw) in v.items()]
+
+
 def gguf_bit_flips(data: bytes, lay: Layout, n: int = 120, seed: int = 0) -> List[Case]:
     """Single bit flips, stratified over the header + scalar metadata, the token arrays, the
     key/type bytes, and the tensor infos."""
@@ -820,6 +963,31 @@ def test_gguf_writer_variants(runner):
 
 def test_gguf_bit_flips(runner, base_gguf):
     cases = gguf_bit_flips(*base_gguf)
+    _assert_no_failures(runner.run_all(cases), len(cases))
+
+
+@pytest.mark.parametrize("arch", FAMILY_ARCHS)
+def test_family_gguf_pristine_file_loads_in_the_worker(runner, arch):
+    path = os.path.join(runner.root, f"family_pristine_{arch}.gguf")
+    write_family_gguf(path, arch)
+    result = runner.worker.run(path)
+    assert result["outcome"] == "loaded" and result["finite"], result
+
+
+def test_family_gguf_metadata_and_tensor_variants(runner):
+    cases = family_variants()
+    _assert_no_failures(runner.run_all(cases), len(cases))
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "phi3"])
+def test_family_gguf_truncations_and_bit_flips(runner, fuzz_root, arch):
+    path = os.path.join(fuzz_root, f"family_base_{arch}.gguf")
+    write_family_gguf(path, arch)
+    with open(path, "rb") as f:
+        data = f.read()
+    lay = gguf_layout(data)
+    cases = gguf_truncations(data, lay)[::3] + gguf_bit_flips(data, lay, n=40, seed=7)
+    cases = [Case(f"{arch}_{c.name}", c.write, c.expect) for c in cases]
     _assert_no_failures(runner.run_all(cases), len(cases))
 
 
