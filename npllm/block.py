@@ -172,6 +172,10 @@ class TransformerBlock:
     def __call__(self, x, ropes, masks, cache):
         # x: [B, T, D]; ropes: table name -> (cos, sin); masks: sliding window -> allowed [B, T, S]
         h = self.self_attn(self.input_layernorm(x), ropes, masks, cache, self.idx)
+        return self._residuals(x, h)
+
+    def _residuals(self, x, h):
+        # x + [norm](attention output h), then + [norm](mlp(norm(.))): [norm] only for Gemma
         if self.sandwich:
             h = self.post_attention_layernorm(h)
         x = x + h
@@ -187,10 +191,4 @@ class TransformerBlock:
             return decode_layer(self.one_call, x, cos, sin, key_mask,
                                 cache.keys[self.idx], cache.values[self.idx], cache.length)
         h = self.self_attn.decode(self.input_layernorm(x), ropes, key_mask, cache, self.idx)
-        if self.sandwich:
-            h = self.post_attention_layernorm(h)
-        x = x + h
-        h = self.mlp(self.mlp_norm(x))
-        if self.sandwich:
-            h = self.post_feedforward_layernorm(h)
-        return x + h
+        return self._residuals(x, h)

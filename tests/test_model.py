@@ -238,12 +238,20 @@ def test_presets_match_the_seed():
 @pytest.mark.parametrize("name", ["gqa_8_2", "mqa", "qkv_bias"])
 def test_fused_decode_step_equals_the_readable_path(name):
     """forward(T=1, KVCache) takes the fused decode path; the concat cache takes the readable one."""
-    from npllm.ops.attention import _decode_attention_kernel, decode_attention_ref
+    check_decode_paths({**CONFIGS, **KNOB_CONFIGS}[name])
 
-    config = make_config(**CONFIGS[name])
+
+@pytest.mark.parametrize("name", ["gemma_knobs", "nope_layer", "fused_checkpoint"])
+def test_fused_decode_step_with_family_knobs_equals_the_readable_path(name):
+    check_decode_paths({**CONFIGS, **KNOB_CONFIGS}[name])
+
+
+def check_decode_paths(overrides):
+    config = make_config(**overrides)
     model = CausalLM(config, seed=12, dtype=np.float64)
     randomize(model, 13)
     ids, mask = left_padded_batch(config.vocab_size, seed=14)
+    full, _ = model.forward(ids, attention_mask=mask)
     static, concat = model.new_cache(3, ids.shape[1]), None
     for t in range(ids.shape[1]):
         a, static = model.forward(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=static,
@@ -252,6 +260,7 @@ def test_fused_decode_step_equals_the_readable_path(name):
                                   use_cache=True)
         rows = mask[:, t].astype(bool)
         assert np.abs(a - b)[rows].max() < 1e-12
+        assert np.abs(a[:, 0] - full[:, t])[rows].max() < 1e-10   # and both equal the full forward
 
 
 # Family knobs (lesson 08) the decode paths must carry: Gemma 3's (GELU, 1 + w norms, q/k norms,
@@ -264,24 +273,6 @@ KNOB_CONFIGS = {
     "nope_layer": dict(no_rope_layers=[1, 0], num_attention_heads=8, num_key_value_heads=2),
     "fused_checkpoint": dict(fused_qkv=True, fused_gate_up=True, attention_bias=True, o_proj_bias=False),
 }
-
-
-@pytest.mark.parametrize("name", list(KNOB_CONFIGS))
-def test_fused_decode_step_with_family_knobs_equals_the_readable_path(name):
-    config = make_config(**KNOB_CONFIGS[name])
-    model = CausalLM(config, seed=12, dtype=np.float64)
-    randomize(model, 13)
-    ids, mask = left_padded_batch(config.vocab_size, seed=14)
-    static, concat = model.new_cache(3, ids.shape[1]), None
-    full, _ = model.forward(ids, attention_mask=mask)
-    for t in range(ids.shape[1]):
-        a, static = model.forward(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=static,
-                                  use_cache=True)
-        b, concat = model.forward(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=concat,
-                                  use_cache=True)
-        rows = mask[:, t].astype(bool)
-        assert np.abs(a - b)[rows].max() < 1e-12
-        assert np.abs(a[:, 0] - full[:, t])[rows].max() < 1e-10
 
 
 @pytest.mark.parametrize("name,qtype", [("gqa_8_2", "Q4_1"), ("qkv_bias", "Q8_0"), ("mqa", "Q4_0"),
