@@ -43,8 +43,8 @@ def rope_cos_sin(position_ids: np.ndarray, head_dim: int, theta: float, dtype=np
 
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3", "longrope", "freq_factors")
 _ROPE_FIELDS = {  # rope type -> (required fields, optional fields)
-    "linear": ({"factor"}, set()),
-    "dynamic": ({"factor"}, set()),
+    "linear": ({"factor"}, {"original_max_position_embeddings"}),   # (the trained context: informative)
+    "dynamic": ({"factor"}, {"original_max_position_embeddings"}),
     "yarn": ({"factor", "original_max_position_embeddings"},
              {"attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}),
     "llama3": ({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}, set()),
