@@ -49,7 +49,8 @@ from .simd import addr, fload, fstore, vfma, vload, vsum, vzero, vadd
 
 @njit
 def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
-    """out[0, r] = W[r] . x[0] for r0 <= r < r1.  xs: block sums of x (see _run); dt: scratch."""
+    """out[0, r] = W[r] . x[0] for r0 <= r < r1.  xs: block sums of x (see _run); dt: scratch of
+    >= cols / 32 + 16 floats (a row's block scales, or a super-block's 16 group scales)."""
     # Arrays are passed down to here, one call per chunk: holding them as arguments keeps them
     # alive while their addresses are in use (Numba frees an array right after its last use).
     xp, xsp, dtp, outp, cols = addr(x), addr(xs), addr(dt), addr(out), x.shape[1]
@@ -72,9 +73,9 @@ def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
     elif kind == Q5_K:
         _dot_q5_k(pl, r0, r1, xp, xsp, outp)
     elif kind == Q3_K:
-        _dot_q3_k(pl, r0, r1, xp, outp)
+        _dot_q3_k(pl, r0, r1, xp, xsp, dtp, outp)
     elif kind == Q2_K:
-        _dot_q2_k(pl, r0, r1, xp, xsp, outp)
+        _dot_q2_k(pl, r0, r1, xp, xsp, dtp, outp)
     elif kind == IQ4_XS:
         _dot_iq4_xs(pl, r0, r1, xp, outp)
     else:
@@ -242,11 +243,11 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
     pl: the weight's planes as (address, row stride) pairs (see plane_addresses)."""
     cols = out.shape[1] if op == DEQUANT else x.shape[1]
     n_rows = out.shape[0] if op == DEQUANT else out.shape[1]
-    xs = _block_sums(x, 16 if kind == Q2_K else 32)  # sums of x[0] over blocks (Q2_K: of 16)
+    xs = _block_sums(x, 16 if kind == Q2_K or kind == Q3_K else 32)  # sums of x[0] over blocks of 32 (16)
     for c in prange(n_chunks):
         c0 = c * n_rows // n_chunks
         c1 = (c + 1) * n_rows // n_chunks
-        dt = np.empty(cols // 32 + 1, np.float32)  # per-chunk scratch
+        dt = np.empty(cols // 32 + 16, np.float32)  # per-chunk scratch (see _dot_rows)
         mt = np.empty(cols // 32 + 1, np.float32)
         if op == MATVEC1:
             _dot_rows(kind, pl, c0, c1, x, xs, dt, out)

@@ -16,8 +16,8 @@ Each type has three faces, side by side:
 
 Rows keep GGUF's layout (the ``q`` plane; ``pl = (q address, row bytes, ...)``).  The public
 face is ``QuantizedWeight`` (``weight.py``); the dispatch is in ``kernels.py``.  ``xs`` is the
-sums of x over blocks of 32 (16 for Q2_K, whose mins cover 16 values), so a min costs one
-scalar multiply-add: ``sum_i (a q_i - m) x_i = a sum_i q_i x_i - m sum_i x_i``.
+sums of x over blocks of 32 (of 16 for Q2_K and Q3_K, whose scales cover 16 values), so an
+offset costs one multiply-add per block: ``sum_i (a q_i - m) x_i = a sum_i q_i x_i - m sum_i x_i``.
 """
 
 import numpy as np
@@ -25,8 +25,8 @@ import numpy as np
 from .._jit import njit
 from .blocks32 import _IQ4, _deq_iq4_block, _f16, _iq4_block_dot, _nibbles
 from .formats import IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-from .simd import (f16, fload, fstore, i8, u8, vfma, vhi4, vlo4, vload, vmul, vq2, vq3, vq5, vq6, vsplat,
-                   vstore, vsum, vzero)
+from .simd import (f16, fload, fstore, i8, u8, vadd, vfma, vhi4, vlo4, vload, vmul, vq2, vq3, vq3scales, vq5, vq6,
+                   vsplat, vstore, vsum, vzero)
 
 _SHIFTS_2BIT = np.array([0, 2, 4, 6], np.uint8)[:, None]  # [4, 1]: the four 2-bit fields of a byte
 
@@ -74,29 +74,34 @@ def _dequant_q2_k(blocks):
 
 
 @njit
-def _dot_q2_k(pl, r0, r1, xp, xsp, outp):
-    # super-block (84 B): scales[16] at 0, qs[64] at 16, d at 80, dmin at 82 (see _dequant_q2_k);
-    # xs: sums of x over groups of 16
+def _dot_q2_k(pl, r0, r1, xp, xsp, dtp, outp):
+    # super-block (84 B): scales[16] at 0, qs[64] at 16, d at 80, dmin at 82 (see _dequant_q2_k).
+    # xs: sums of x over groups of 16.  Per super-block, the 16 group scales d * (s & 15) go to the
+    # scratch dtp 8 at a time, and the mins term dmin * sum_g (s_g >> 4) xs_g is two FMAs.
     qp, qn = pl[0], pl[1]
     for r in range(r0, r1):
-        acc = vzero()
-        mins = np.float32(0.0)
+        acc0 = vzero()  # even / odd groups: two dependency chains
+        acc1 = vzero()
+        mins = vzero()
         for sb in range(qn // 84):
             p = qp + r * qn + 84 * sb
-            d = f16(p, 80)
-            dmin = f16(p, 82)
+            vd = vsplat(f16(p, 80))
+            vstore(dtp, 0, vmul(vd, vlo4(p, 0)))
+            vstore(dtp, 8, vmul(vd, vlo4(p, 8)))
+            m = vfma(vhi4(p, 8), vload(xsp, 16 * sb + 8), vmul(vhi4(p, 0), vload(xsp, 16 * sb)))
+            mins = vfma(vsplat(f16(p, 82)), m, mins)
             for h in range(2):
-                for k in range(4):
-                    for half in range(2):  # group g = values 16g .. 16g + 15
-                        g = 8 * h + 2 * k + half
-                        s = u8(p, g)
-                        q = p + 16 + 32 * h + 16 * half
-                        e = 256 * sb + 16 * g
-                        t = vmul(vq2(q, 0, 2 * k), vload(xp, e))
-                        t = vfma(vq2(q, 8, 2 * k), vload(xp, e + 8), t)
-                        acc = vfma(vsplat(d * np.float32(s & 15)), t, acc)
-                        mins += dmin * np.float32(s >> 4) * fload(xsp, 16 * sb + g)
-        fstore(outp, r, vsum(acc) - mins)
+                for k in range(4):  # groups g, g + 1: values 16g .. 16g + 31, bits 2k of qs[32h ..]
+                    g = 8 * h + 2 * k
+                    q = p + 16 + 32 * h
+                    e = 256 * sb + 16 * g
+                    t0 = vmul(vq2(q, 0, 2 * k), vload(xp, e))
+                    t0 = vfma(vq2(q, 8, 2 * k), vload(xp, e + 8), t0)
+                    t1 = vmul(vq2(q, 16, 2 * k), vload(xp, e + 16))
+                    t1 = vfma(vq2(q, 24, 2 * k), vload(xp, e + 24), t1)
+                    acc0 = vfma(vsplat(fload(dtp, g)), t0, acc0)
+                    acc1 = vfma(vsplat(fload(dtp, g + 1)), t1, acc1)
+        fstore(outp, r, vsum(vadd(acc0, acc1)) - vsum(mins))
 
 
 @njit
@@ -154,24 +159,36 @@ def _k3_scale(p, j):
 
 
 @njit
-def _dot_q3_k(pl, r0, r1, xp, outp):
-    # super-block (110 B): hmask[32] at 0, qs[64] at 32, scales at 96, d at 108 (see _dequant_q3_k)
+def _dot_q3_k(pl, r0, r1, xp, xsp, dtp, outp):
+    # super-block (110 B): hmask[32] at 0, qs[64] at 32, scales at 96, d at 108 (see _dequant_q3_k).
+    # Per super-block, the 16 group scales a_g = d * (sc_g - 32) go to the scratch dtp 8 at a time.
+    # vq3 gives q + 4, so sum a_g q x = sum a_g (q + 4) x - 4 sum_g a_g xs_g (xs: sums over 16).
     qp, qn = pl[0], pl[1]
     for r in range(r0, r1):
-        acc = vzero()
+        acc0 = vzero()  # even / odd groups: two dependency chains
+        acc1 = vzero()
+        corr = vzero()
         for sb in range(qn // 110):
             p = qp + r * qn + 110 * sb
-            d = f16(p, 108)
+            vd = vsplat(f16(p, 108))
+            a0 = vmul(vd, vq3scales(p + 96, 0))
+            a1 = vmul(vd, vq3scales(p + 96, 1))
+            vstore(dtp, 0, a0)
+            vstore(dtp, 8, a1)
+            corr = vfma(a1, vload(xsp, 16 * sb + 8), vfma(a0, vload(xsp, 16 * sb), corr))
             for h in range(2):
-                for k in range(4):
-                    for half in range(2):  # group g = values 16g .. 16g + 15
-                        g = 8 * h + 2 * k + half
-                        l = 16 * half
-                        e = 256 * sb + 16 * g
-                        t = vmul(vq3(p, 32 + 32 * h + l, 2 * k, l, 4 * h + k), vload(xp, e))
-                        t = vfma(vq3(p, 40 + 32 * h + l, 2 * k, l + 8, 4 * h + k), vload(xp, e + 8), t)
-                        acc = vfma(vsplat(d * np.float32(_k3_scale(p, g))), t, acc)
-        fstore(outp, r, vsum(acc))
+                for k in range(4):  # groups g, g + 1: values 16g .. 16g + 31
+                    g = 8 * h + 2 * k
+                    e = 256 * sb + 16 * g
+                    lo = 32 + 32 * h
+                    bit = 4 * h + k
+                    t0 = vmul(vq3(p, lo, 2 * k, 0, bit), vload(xp, e))
+                    t0 = vfma(vq3(p, lo + 8, 2 * k, 8, bit), vload(xp, e + 8), t0)
+                    t1 = vmul(vq3(p, lo + 16, 2 * k, 16, bit), vload(xp, e + 16))
+                    t1 = vfma(vq3(p, lo + 24, 2 * k, 24, bit), vload(xp, e + 24), t1)
+                    acc0 = vfma(vsplat(fload(dtp, g)), t0, acc0)
+                    acc1 = vfma(vsplat(fload(dtp, g + 1)), t1, acc1)
+        fstore(outp, r, vsum(vadd(acc0, acc1)) - np.float32(4.0) * vsum(corr))
 
 
 @njit
@@ -184,10 +201,12 @@ def _deq_row_q3_k(p, op, n_super):
                 for half in range(2):
                     g = 8 * h + 2 * k + half
                     l = 16 * half
-                    vd = vsplat(d * np.float32(_k3_scale(ps, g)))
+                    a = d * np.float32(_k3_scale(ps, g))
+                    va = vsplat(a)
+                    vm = vsplat(np.float32(-4.0) * a)  # vq3 gives q + 4
                     e = 256 * sb + 16 * g
-                    vstore(op, e, vmul(vd, vq3(ps, 32 + 32 * h + l, 2 * k, l, 4 * h + k)))
-                    vstore(op, e + 8, vmul(vd, vq3(ps, 40 + 32 * h + l, 2 * k, l + 8, 4 * h + k)))
+                    vstore(op, e, vfma(va, vq3(ps, 32 + 32 * h + l, 2 * k, l, 4 * h + k), vm))
+                    vstore(op, e + 8, vfma(va, vq3(ps, 40 + 32 * h + l, 2 * k, l + 8, 4 * h + k), vm))
 
 
 # ---------------------------------------------------------------------------

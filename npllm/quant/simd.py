@@ -13,9 +13,9 @@ Two kinds of operation:
   ``vfma``, ``vsum``);
 * loads that turn 8 bytes of a block into 8 floats, one per bit layout: ``vlo4`` / ``vhi4``
   (nibbles), ``vi8`` (int8), ``vbits`` (one bit of a 32-bit mask), ``vq2``, ``vq3``, ``vq5``,
-  ``vq6`` (the K-quant bit fields), ``viq4lo`` / ``viq4hi`` (nibbles looked up in the IQ4
-  codebook), ``vf16`` / ``vbf16`` / ``vf32`` (dense rows), plus scalar reads ``u8``, ``i8``,
-  ``f16``, ``bf16``, ``f32``.
+  ``vq6`` and ``vq3scales`` (the K-quant bit fields), ``viq4lo`` / ``viq4hi`` (nibbles looked up
+  in the IQ4 codebook), ``vf16`` / ``vbf16`` / ``vf32`` (dense rows), plus scalar reads ``u8``,
+  ``i8``, ``f16``, ``bf16``, ``f32``.
 
 Arguments called ``p`` are addresses (int64, see ``addr``): passing a NumPy array to a helper
 costs reference counting and a dozen call arguments, as much as the arithmetic on a short row.
@@ -236,14 +236,22 @@ def vbits(typingctx, p, off, first):
     return f32x8(p, off, first), codegen
 
 
-def _field8(builder, p, off, shift, mask):
-    """((b >> shift) & mask) for the 8 bytes b at p + off, as <8 x i32> (shift: an int64 value)."""
-    w = builder.lshr(_load_bytes8(builder, p, off), _splat_i32(builder, builder.trunc(shift, _I32)))
-    return builder.and_(w, ir.Constant(_V8I, [mask] * 8))
+def _shr(builder, v, shift):
+    """v >> shift (lanes of <8 x i32>) for an int64 shift, the same for every lane."""
+    return builder.lshr(v, _splat_i32(builder, builder.trunc(shift, _I32)))
 
 
 def _shl(builder, v, bits):
     return builder.shl(v, ir.Constant(_V8I, [bits] * 8))
+
+
+def _mask(builder, v, bits):
+    return builder.and_(v, ir.Constant(_V8I, [bits] * 8))
+
+
+def _field8(builder, p, off, shift, mask):
+    """((b >> shift) & mask) for the 8 bytes b at p + off, as <8 x i32> (shift: an int64 value)."""
+    return _mask(builder, _shr(builder, _load_bytes8(builder, p, off), shift), mask)
 
 
 @intrinsic
@@ -258,15 +266,36 @@ def vq2(typingctx, p, off, shift):
 
 @intrinsic
 def vq3(typingctx, p, lo_off, lo_shift, hi_off, hi_shift):
-    """Q3_K values, for the 8 bytes lo at p + lo_off and hi (the hmask bytes) at p + hi_off:
-    float(((lo >> lo_shift) & 3) - 4 + 4 * ((hi >> hi_shift) & 1)), i.e. -4..3"""
+    """Q3_K values plus 4, for the 8 bytes lo at p + lo_off and hi (the hmask bytes) at p + hi_off:
+    float(((lo >> lo_shift) & 3) | ((hi >> hi_shift) & 1) << 2), i.e. 0..7 (the kernels subtract
+    the 4 once per group of 16, with the sums of x)"""
 
     def codegen(context, builder, sig, args):
         p, lo_off, lo_shift, hi_off, hi_shift = args
-        q = builder.add(_field8(builder, p, lo_off, lo_shift, 3), _shl(builder, _field8(builder, p, hi_off, hi_shift, 1), 2))
-        return builder.sitofp(builder.sub(q, ir.Constant(_V8I, [4] * 8)), _V8F)
+        # ((hi << 2) >> hi_shift) & 4: the shift left is shared by the 8 groups that read these bytes
+        hi = _mask(builder, _shr(builder, _shl(builder, _load_bytes8(builder, p, hi_off), 2), hi_shift), 4)
+        return builder.uitofp(builder.or_(_field8(builder, p, lo_off, lo_shift, 3), hi), _V8F)
 
     return f32x8(p, lo_off, lo_shift, hi_off, hi_shift), codegen
+
+
+@intrinsic
+def vq3scales(typingctx, p, half):
+    """Q3_K scales 8 half .. 8 half + 7, minus 32, from the 12 scale bytes s at p:
+    float(((s[j % 8] >> 4 (j // 8)) & 15 | ((s[8 + j % 4] >> 2 (j // 4)) & 3) << 4) - 32)"""
+
+    def codegen(context, builder, sig, args):
+        p, half = args
+        four_h = builder.mul(half, ir.Constant(_I64, 4))
+        lo = _field8(builder, p, ir.Constant(_I64, 0), four_h, 15)  # lanes j % 8 = 0..7: bytes 0-7
+        b4 = _load(builder, _at(builder, p, ir.Constant(_I64, 8), _I8), ir.VectorType(_I8, 4), 1)
+        b8 = builder.zext(builder.shuffle_vector(b4, b4, ir.Constant(ir.VectorType(_I32, 8), [0, 1, 2, 3] * 2)), _V8I)
+        shifts = builder.add(_splat_i32(builder, builder.trunc(four_h, _I32)), ir.Constant(_V8I, [0] * 4 + [2] * 4))
+        hi = _mask(builder, builder.lshr(b8, shifts), 3)  # lanes: bytes 8-11 twice, shifted by 4 half, 4 half + 2
+        q = builder.or_(lo, _shl(builder, hi, 4))
+        return builder.sitofp(builder.sub(q, ir.Constant(_V8I, [32] * 8)), _V8F)
+
+    return f32x8(p, half), codegen
 
 
 @intrinsic
@@ -276,8 +305,10 @@ def vq5(typingctx, p, lo_off, lo_shift, hi_off, hi_shift):
 
     def codegen(context, builder, sig, args):
         p, lo_off, lo_shift, hi_off, hi_shift = args
-        q = builder.or_(_field8(builder, p, lo_off, lo_shift, 15), _shl(builder, _field8(builder, p, hi_off, hi_shift, 1), 4))
-        return builder.uitofp(q, _V8F)
+        # the 5th bit as ((hi << 4) >> hi_shift) & 16: the shift left does not depend on hi_shift,
+        # so LLVM computes it once for the 8 sub-blocks that share the qh bytes
+        hi = _mask(builder, _shr(builder, _shl(builder, _load_bytes8(builder, p, hi_off), 4), hi_shift), 16)
+        return builder.uitofp(builder.or_(_field8(builder, p, lo_off, lo_shift, 15), hi), _V8F)
 
     return f32x8(p, lo_off, lo_shift, hi_off, hi_shift), codegen
 
@@ -289,7 +320,8 @@ def vq6(typingctx, p, lo_off, lo_shift, hi_off, hi_shift):
 
     def codegen(context, builder, sig, args):
         p, lo_off, lo_shift, hi_off, hi_shift = args
-        q = builder.or_(_field8(builder, p, lo_off, lo_shift, 15), _shl(builder, _field8(builder, p, hi_off, hi_shift, 3), 4))
+        hi = _field8(builder, p, hi_off, hi_shift, 3)
+        q = builder.or_(_field8(builder, p, lo_off, lo_shift, 15), _shl(builder, hi, 4))
         return builder.sitofp(builder.sub(q, ir.Constant(_V8I, [32] * 8)), _V8F)
 
     return f32x8(p, lo_off, lo_shift, hi_off, hi_shift), codegen
