@@ -40,7 +40,7 @@ from .dense import _deq_row_dense, _dot_dense
 from .formats import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0  # type ids
 from .kquants import (_deq_row_iq4_xs, _deq_row_q2_k, _deq_row_q3_k, _deq_row_q4_k, _deq_row_q5_k,
                       _deq_row_q6_k, _dot_iq4_xs, _dot_q2_k, _dot_q3_k, _dot_q4_k, _dot_q5_k, _dot_q6_k)
-from .simd import addr, fload, fstore, vfma, vload, vsum, vzero, vadd
+from .simd import addr, fload, fstore, vadd, vfma, vload, vsum, vzero
 
 # ---------------------------------------------------------------------------
 # Dispatch by type
