@@ -272,7 +272,7 @@ def test_permute_rows_and_concat_rows():
         QuantizedWeight.concat_rows([a, QuantizedWeight.from_raw(random_blocks(Q8_0, 2, 64, rng), Q8_0, (2, 64))])
 
 
-@pytest.mark.parametrize("t", [Q4_1, Q8_0, Q6_K, F16], ids=name)
+@pytest.mark.parametrize("t", [Q4_1, Q8_0, Q5_1, Q6_K, IQ4_XS, F16], ids=name)
 def test_fuse_rows_gives_views_and_the_same_products(t):
     # decode's fused q|k|v: one weight whose row views equal the parts, computing each row as
     # the separate weights do (the expected values: gguf's dequantization and NumPy)
