@@ -12,7 +12,8 @@ core (milliseconds per call); TBB's work stealing lets the calling thread do tha
 
 Prints, after JIT warm-up, the median (and best) time per call for each shape at
 N = 1 and N = 8 inputs, the effective GB/s, the same for every quantized type on one
-1536x1536 matrix (in cache) and on 24 distinct ones (~30-90 MB, streamed from DRAM), the
+1536x1536 matrix (in cache) and on 24 distinct ones called in turn (19-60 MB by type: from L3
+or DRAM), the
 cost of an empty parallel launch, and a whole-token estimate that streams 30 distinct
 layers (so weights come from DRAM as in real decoding, not from cache).  Timings are
 medians: other processes share the cores.
@@ -83,7 +84,7 @@ def bench_shapes(repeat, rng):
 def bench_types(repeat, rng, size=1536, n_stream=24):
     """Every quantized type on one size x size matrix, N = 1 and 8: in cache (the same weight
     each call: the kernel's arithmetic speed) and streamed (n_stream distinct weights, one after
-    the other, as decode reads a model's layers: DRAM speed counts)."""
+    the other, as decode reads a model's layers: the weights come from L3 or DRAM)."""
     rows = []
     for t in [t for t in BLOCK_LAYOUT if t not in DENSE_TYPES]:
         ws = [random_weight(size, size, t, rng) for _ in range(n_stream)]
