@@ -11,10 +11,14 @@ OpenMP, a parallel call waits for a worker thread that another process has pushe
 core (milliseconds per call); TBB's work stealing lets the calling thread do that work.
 
 Prints, after JIT warm-up, the median (and best) time per call for each shape at
-N = 1 and N = 8 inputs, the effective GB/s, the cost of an empty parallel launch,
-and a whole-token estimate that streams 30 distinct layers (so weights come from
-DRAM as in real decoding, not from cache).  Timings are medians: other processes
-share the cores.
+N = 1 and N = 8 inputs, the effective GB/s, the same for every quantized type on one
+1536x1536 matrix (in cache) and on 24 distinct ones called in turn (19-60 MB by type: from L3
+or DRAM), the
+cost of an empty parallel launch, and a whole-token estimate that streams 30 distinct
+layers (so weights come from DRAM as in real decoding, not from cache).  Timings are
+medians: other processes share the cores.
+
+    python benchmarks/bench_quants.py --only types      # just the per-type table
 """
 
 import argparse
@@ -27,19 +31,26 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from npllm.quant.weight import BLOCK_LAYOUT, Q4_1, Q8_0, QuantizedWeight, type_name  # noqa: E402
+from npllm.quant.weight import (BLOCK_LAYOUT, DENSE_TYPES, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K,  # noqa: E402
+                                Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QuantizedWeight, type_name)
 
 D, F, KV, LAYERS, VOCAB = 576, 1536, 192, 30, 49152
 LAYER_SHAPES = [("q", D, D), ("k", KV, D), ("v", KV, D), ("o", D, D), ("gate", F, D), ("up", F, D), ("down", D, F)]
 
 
+# byte offsets of each type's fp16 scales in a block (d, and m or dmin)
+SCALE_AT = {Q8_0: (0,), Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2), IQ4_NL: (0,), Q2_K: (80, 82),
+            Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2), Q6_K: (208,), IQ4_XS: (0,)}
+
+
 def random_weight(rows, cols, ggml_type, rng):
-    """Random blocks with small finite fp16 scales (timing does not depend on the values)."""
+    """Random blocks with small finite fp16 scales (timing does not depend on the values, as long
+    as they are not NaNs or subnormals)."""
     per_block, block_bytes = BLOCK_LAYOUT[ggml_type]
     raw = rng.integers(0, 256, (rows, cols // per_block * block_bytes), dtype=np.uint8)
     blocks = raw.reshape(-1, block_bytes)
-    n_scales = 2 if ggml_type == Q4_1 else 1  # Q4_1: d, m; Q8_0: d
-    blocks[:, : 2 * n_scales] = np.frombuffer(np.float16([0.01, -0.02][:n_scales] * 1).tobytes(), np.uint8)
+    for at, scale in zip(SCALE_AT[ggml_type], (0.01, -0.02)):
+        blocks[:, at:at + 2] = np.frombuffer(np.float16(scale).tobytes(), np.uint8)
     return QuantizedWeight.from_raw(raw, ggml_type, (rows, cols))
 
 
@@ -67,6 +78,34 @@ def bench_shapes(repeat, rng):
                              us_best=best * 1e6, gbs_median=w.nbytes / med / 1e9))
             print(f"{name:16s} {type_name(t)} {r:5d}x{c:<5d} N={n}  {med * 1e6:8.1f} us (best {best * 1e6:7.1f})"
                   f"  {w.nbytes / med / 1e9:6.2f} GB/s")
+    return rows
+
+
+def bench_types(repeat, rng, size=1536, n_stream=24):
+    """Every quantized type on one size x size matrix, N = 1 and 8: in cache (the same weight
+    each call: the kernel's arithmetic speed) and streamed (n_stream distinct weights, one after
+    the other, as decode reads a model's layers: the weights come from L3 or DRAM)."""
+    rows = []
+    for t in [t for t in BLOCK_LAYOUT if t not in DENSE_TYPES]:
+        ws = [random_weight(size, size, t, rng) for _ in range(n_stream)]
+        for n in (1, 8):
+            x = rng.standard_normal((n, size)).astype(np.float32)
+            out = np.empty((n, size), np.float32)
+            w = ws[0]
+            med, best = timed(lambda: w.matmul(x, out=out), repeat)
+
+            def stream():
+                for v in ws:
+                    v.matmul(x, out=out)
+
+            med_s, _ = timed(stream, max(5, repeat // 10))
+            med_s /= n_stream
+            rows.append(dict(type=type_name(t), shape=[size, size], n=n, bits_per_weight=8 * w.nbytes / size ** 2,
+                             us_median=med * 1e6, gbs_median=w.nbytes / med / 1e9,
+                             us_streamed=med_s * 1e6, gbs_streamed=w.nbytes / med_s / 1e9))
+            r = rows[-1]
+            print(f"{r['type']:7s} {r['bits_per_weight']:4.2f} bpw  N={n}  in cache {r['us_median']:7.1f} us "
+                  f"{r['gbs_median']:6.2f} GB/s   streamed {r['us_streamed']:7.1f} us {r['gbs_streamed']:6.2f} GB/s")
     return rows
 
 
@@ -143,6 +182,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--json", default=None)
     ap.add_argument("--skip-token", action="store_true", help="skip the 96 MB whole-token estimate")
+    ap.add_argument("--only", choices=["shapes", "types"], default=None, help="run one table only")
     args = ap.parse_args()
     import numba
 
@@ -152,9 +192,14 @@ def main():
     random_weight(8, 32, Q4_1, rng).matmul(np.ones((1, 32), np.float32))  # starts the thread pool
     layer = numba.threading_layer()
     print(f"numba threads: {numba.get_num_threads()}, threading layer: {layer}")
-    report = {"threads": numba.get_num_threads(), "threading_layer": layer,
-              "shapes": bench_shapes(args.repeat, rng), "launch": bench_launch(args.repeat, rng)}
-    if not args.skip_token:
+    report = {"threads": numba.get_num_threads(), "threading_layer": layer}
+    if args.only in (None, "shapes"):
+        report["shapes"] = bench_shapes(args.repeat, rng)
+    if args.only in (None, "types"):
+        report["types"] = bench_types(args.repeat, rng)
+    if args.only is None:
+        report["launch"] = bench_launch(args.repeat, rng)
+    if not args.skip_token and args.only is None:
         report["stream"] = bench_stream(args.repeat)
         report["token"] = bench_token(args.repeat, rng, fused=False)
         report["token_fused"] = bench_token(args.repeat, rng, fused=True)

@@ -3,7 +3,8 @@ directory round trip, chat templates, and the quantized model against its dequan
 
 Run: python -m lessons 6   (or python -m lessons.ex06_real_checkpoints [--quick])
 Reads: npllm/io/gguf.py (read_gguf, gguf_to_hf_key, unpermute_qk_rows), npllm/quant/weight.py
-(BLOCK_LAYOUT, dequantize, QuantizedWeight), npllm/io/safetensors.py (read_hf_directory),
+(BLOCK_LAYOUT, dequantize, QuantizedWeight), npllm/quant/formats.py (IQ4_VALUES),
+npllm/io/safetensors.py (read_hf_directory),
 npllm/loading.py (load), npllm/chat.py (render_chat_template, ChatTemplateError).
 """
 
@@ -103,6 +104,21 @@ def blocks_by_hand(ckpt):
           f"{[round(float(v), 5) for v in quants.dequantize(np.asarray(e.data)[:1], e.ggml_type, (1, e.shape[1]))[0, :4]]}")
 
 
+def iq4_nl_by_hand(w):
+    """The simplest IQ4_NL quantizer: per block of 32, d = (the largest-magnitude w) / -127 and each
+    value becomes the nearest of the 16 codebook levels d * IQ4_VALUES[q].  llama.cpp also tries a
+    few other scales per block; this is enough to compare the codebook with Q4_0's uniform grid."""
+    from npllm.quant.formats import IQ4_VALUES
+    levels = np.array(IQ4_VALUES, np.float32)
+    b = w.reshape(-1, 32)
+    big = b[np.arange(len(b)), np.abs(b).argmax(axis=1)][:, None]
+    d = (big / -127).astype(np.float16)                            # stored as fp16
+    scaled = b / np.where(d == 0, 1, d).astype(np.float32)
+    q = np.abs(scaled[:, :, None] - levels).argmin(axis=2).astype(np.uint8)  # [blocks, 32] indices
+    qs = q[:, :16] | (q[:, 16:] << 4)                              # low nibbles: values 0-15
+    return np.concatenate([d.view(np.uint8), qs], axis=1).reshape(w.shape[0], -1)
+
+
 def quantization_error(quick):
     heading("[6.4] what quantization costs: error vs bits per weight (random Gaussian weights)")
     import gguf.quants
@@ -112,9 +128,12 @@ def quantization_error(quick):
     w[rng.random(w.shape) < 0.001] *= 20                           # a few outliers, as real weights have
     x = rng.normal(size=(8, 576)).astype(np.float32)
     rows = []
-    for name in ("Q8_0", "Q5_0", "Q4_1", "Q4_0"):
+    for name in ("Q8_0", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL"):
         t = int(getattr(gguf.quants.GGMLQuantizationType, name))
-        raw = gguf.quants.quantize(w, t)                           # the gguf package's quantizer
+        if name == "IQ4_NL":                                       # gguf has no IQ4_NL quantizer
+            raw = iq4_nl_by_hand(w)
+        else:
+            raw = gguf.quants.quantize(w, t)                       # the gguf package's quantizer
         qw = quants.QuantizedWeight.from_raw(raw, t, shape=w.shape)
         back = qw.dequantize()
         err = np.sqrt(np.mean((back - w) ** 2)) / np.sqrt(np.mean(w ** 2))

@@ -129,3 +129,35 @@ def write_tiny_gguf(path, arch="llama", n_layers=2, d=64, f=96, n_head=4, n_kv=2
     writer.write_tensors_to_file()
     writer.close()
     return w
+
+
+# Byte offsets of the fp16 numbers (d, and m or dmin) in a block of each quantized GGML type id.
+FP16_FIELDS = {8: (0,), 2: (0,), 3: (0, 2), 6: (0,), 7: (0, 2), 20: (0,),  # Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL
+               10: (80, 82), 11: (108,), 12: (0, 2), 13: (0, 2), 14: (208,), 23: (0,)}  # Q2_K..Q6_K, IQ4_XS
+
+
+def gguf_can_quantize(qtype) -> bool:
+    """Whether gguf-py has a quantizer for qtype (it has none for K-quants and IQ types)."""
+    import gguf
+
+    try:
+        gguf.quants.quantize(np.zeros((1, 256), np.float32), qtype)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def random_blocks_quantize(value, qtype):
+    """A stand-in for ``gguf.quants.quantize`` where gguf-py has no quantizer: random blocks of
+    the right size (every bit pattern of the quants) with small finite fp16 scales, so that a
+    model made of them computes finite logits.  Seeded by the shape: deterministic."""
+    import gguf
+
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = value.shape
+    rng = np.random.default_rng(rows * cols + int(qtype))
+    raw = rng.integers(0, 256, (rows, cols // block, type_size), dtype=np.uint8)
+    for at in FP16_FIELDS[int(qtype)]:
+        scale = (rng.uniform(0.5, 1.0, raw.shape[:2]) * rng.choice([-1, 1], raw.shape[:2]) * 1e-2).astype(np.float16)
+        raw[:, :, at:at + 2] = scale.view(np.uint8).reshape(rows, -1, 2)
+    return raw.reshape(rows, -1)

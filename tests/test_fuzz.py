@@ -202,6 +202,7 @@ GGUF_TYPES = {
     "blk.0.attn_q.weight": T.Q4_1, "blk.0.attn_k.weight": T.Q5_0, "blk.0.attn_v.weight": T.F16,
     "blk.0.attn_output.weight": T.BF16, "blk.0.ffn_down.weight": T.Q4_K, "blk.1.ffn_down.weight": T.Q6_K,
     "blk.1.attn_q.weight": T.Q8_0, "blk.1.ffn_gate.weight": T.Q4_0,
+    "blk.1.ffn_up.weight": T.Q5_1, "blk.1.attn_v.weight": T.IQ4_NL,
 }
 N_LAYERS, D, F, N_HEAD, N_KV = 2, 32, 256, 2, 1  # F = 256: ffn_down rows fit one K-quant super-block
 
@@ -211,7 +212,7 @@ def _k_quant_blocks(rows: int, cols: int, ggml_type, rng) -> np.ndarray:
     block, size = gguf.GGML_QUANT_SIZES[ggml_type]
     raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
     scale = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
-    for at in {T.Q4_K: (0, 2), T.Q6_K: (208,)}.get(ggml_type, ()):  # d (and dmin) of each super-block
+    for at in {T.Q4_K: (0, 2), T.Q6_K: (208,), T.IQ4_NL: (0,)}.get(ggml_type, ()):  # d (and dmin) of each block
         raw[:, :, at:at + 2] = scale
     return raw.reshape(rows, -1)
 
@@ -253,7 +254,7 @@ def write_tiny_gguf(path: str, metadata: Optional[dict] = None, skip: tuple = ()
         if ".attn_q." in name or ".attn_k." in name:
             value = llama_cpp_permute(value, N_HEAD if ".attn_q." in name else N_KV)
         qtype = all_types.get(name, T.F32)
-        if qtype in (T.Q4_K, T.Q6_K, T.Q2_K):
+        if qtype in (T.Q4_K, T.Q6_K, T.Q2_K, T.IQ4_NL):
             raw = _k_quant_blocks(*value.shape, qtype, rng)
             writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
         elif qtype == T.F16:
@@ -506,7 +507,7 @@ def gguf_header_mutations(data: bytes, lay: Layout) -> List[Case]:
             for v in (2, 255):
                 add(f"kv{i}_bool_{v}", "any", (kv.value_pos, "<B", v))
 
-    out_of_range_types = [99, 7, 10, 2**31, 4, 5, 0, 1, 8, 12, 30]  # 4/5: removed Q4_2/Q4_3
+    out_of_range_types = [99, 16, 34, 2**31, 4, 5, 0, 1, 8, 12, 30]  # 4/5: removed Q4_2/Q4_3; 16/34: IQ2_XXS/TQ1_0
     for i, t in enumerate(lay.tensors):
         full = t.name in ("token_embd.weight", "blk.0.ffn_down.weight")  # every value for two tensors
         k = 99 if full else 1
@@ -519,7 +520,7 @@ def gguf_header_mutations(data: bytes, lay: Layout) -> List[Case]:
             for v in _cycle(dim_values, i + 3, min(k, len(dim_values))):
                 add(f"t{i}_dim1_{v}", "error", (t.dims_pos + 8, "<Q", v))
         for v in _cycle([x for x in out_of_range_types if x != t.ggml_type], i, min(k, 10)):
-            expect = "error" if v in (99, 7, 10, 2**31, 4, 5) else "any"
+            expect = "error" if v in (99, 16, 34, 2**31, 4, 5) else "any"
             add(f"t{i}_type_{v}", expect, (t.type_pos, "<I", v))
         other = lay.tensors[(i + 1) % len(lay.tensors)].offset
         offsets = [("end", lay.size - lay.data_start, "error"), ("huge", 2**63, "error"),

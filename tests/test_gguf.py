@@ -13,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npllm.errors import ModelFormatError, ModelNotFoundError
+from npllm.quant import DENSE_TYPES
 from npllm.io.gguf import (GGML_TYPES, RawTensor, gguf_to_hf_key, hf_to_gguf_key, read_gguf,
                            read_gguf_metadata, unpermute_qk_rows)
 
-from _helpers_io import llama_cpp_permute, tiny_vocab, write_tiny_gguf
+from _helpers_io import (gguf_can_quantize, llama_cpp_permute, random_blocks_quantize, tiny_vocab,
+                         write_tiny_gguf)
 
 gguf = pytest.importorskip("gguf")
 
@@ -206,10 +208,10 @@ def test_shape_mismatch_names_tensor_and_shapes(tmp_path):
 
 
 def test_unsupported_tensor_type_is_named(tmp_path):
-    p = tmp_path / "q2k.gguf"
-    write_tiny_gguf(p, d=256, f=256, n_head=4, n_kv=2, quant=gguf.GGMLQuantizationType.Q5_1)
-    assert int(gguf.GGMLQuantizationType.Q5_1) not in GGML_TYPES
-    with pytest.raises(ModelFormatError, match="Q5_1"):
+    p = tmp_path / "tq1_0.gguf"
+    write_tiny_gguf(p, d=256, f=256, n_head=4, n_kv=2, quant=gguf.GGMLQuantizationType.TQ1_0)
+    assert int(gguf.GGMLQuantizationType.TQ1_0) not in GGML_TYPES
+    with pytest.raises(ModelFormatError, match="TQ1_0"):
         read_gguf(p)
 
 
@@ -379,23 +381,51 @@ def test_default_model_tensors_equal_gguf_reader(ckpt, gguf_reader):
     assert_tensors_match_reader(ckpt, gguf_reader)
 
 
-def _k_quant_bytes(value, qtype):
-    """gguf-py cannot quantize K-quants: random blocks of the right size stand in (bytes only)."""
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    rows, cols = value.shape
-    return np.random.default_rng(rows * cols).integers(0, 256, (rows, cols // block * type_size), dtype=np.uint8)
-
-
 @pytest.mark.parametrize("type_id", sorted(t for t in GGML_TYPES if t != 0))
 def test_every_tensor_type_equals_gguf_reader(tmp_path, monkeypatch, type_id):
     qtype = gguf.GGMLQuantizationType(type_id)
-    if qtype in (gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K):
-        monkeypatch.setattr(gguf.quants, "quantize", _k_quant_bytes)
+    if not gguf_can_quantize(qtype):  # K-quants, IQ4: random blocks stand in (bytes only)
+        monkeypatch.setattr(gguf.quants, "quantize", random_blocks_quantize)
     path = tmp_path / f"{qtype.name}.gguf"
     write_tiny_gguf(path, n_layers=1, d=256, f=256, n_head=4, n_kv=2, quant=qtype)
     ck = read_gguf(path)
     assert ck.type_counts() == {qtype.name: 9, "F32": 3}  # 7 layer matrices, embed, lm_head; 3 norms
     assert_tensors_match_reader(ck, gguf.GGUFReader(path))
+
+
+@pytest.mark.parametrize("type_id", sorted(t for t in GGML_TYPES if t not in DENSE_TYPES))
+def test_every_quantized_type_loads_and_equals_its_dequantized_twin(tmp_path, monkeypatch, type_id):
+    """A tiny llama GGUF whose every matrix is of one quantized type loads through read_gguf and
+    CausalLM.from_pretrained, stays quantized, and its logits equal those of the same file
+    dequantized to fp32 at load (HF's way), on the three matmul paths: a 20-token prefill (BLAS on
+    dequantized tiles), a 5-token prompt (N > 1 decode kernels) and single-token decode steps
+    (the matvec kernels, in the one-call decode layer)."""
+    from npllm import CausalLM
+    from npllm.quant import QuantizedWeight
+
+    qtype = gguf.GGMLQuantizationType(type_id)
+    if not gguf_can_quantize(qtype):
+        monkeypatch.setattr(gguf.quants, "quantize", random_blocks_quantize)
+    path = tmp_path / f"{qtype.name}.gguf"
+    write_tiny_gguf(path, n_layers=2, d=256, f=512, n_head=4, n_kv=2, quant=qtype)
+    assert read_gguf(path).type_counts() == {qtype.name: 16, "F32": 5}
+    model = CausalLM.from_pretrained(str(path))
+    assert isinstance(model.layers[0].down_proj, QuantizedWeight) and model.layers[0].one_call is not None
+    dense = CausalLM.from_pretrained(str(path), dequantize=True)
+    ids = np.random.default_rng(type_id).integers(0, model.config.vocab_size, (1, 26))
+
+    def close(a, b):
+        assert np.isfinite(b).all()
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
+
+    close(model.forward(ids[:, :20])[0], dense.forward(ids[:, :20])[0])
+    got, cache = model.forward(ids[:, :5], past_key_values=model.new_cache(1, 26), use_cache=True)
+    want, dense_cache = dense.forward(ids[:, :5], past_key_values=dense.new_cache(1, 26), use_cache=True)
+    close(got, want)
+    for step in range(5, 8):
+        got, cache = model.forward(ids[:, step:step + 1], past_key_values=cache, use_cache=True)
+        want, dense_cache = dense.forward(ids[:, step:step + 1], past_key_values=dense_cache, use_cache=True)
+        close(got, want)
 
 
 def _writer_file(path, entries):

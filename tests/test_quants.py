@@ -15,13 +15,16 @@ from npllm import _jit  # noqa: E402
 from npllm.errors import ModelFormatError  # noqa: E402
 from npllm.quant import weight as quants  # noqa: E402
 from npllm.quant.weight import (  # noqa: E402
-    BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0, QuantizedWeight, as_array_or_quantized,
-    dequantize, dequantize_ref,
+    BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QuantizedWeight,
+    as_array_or_quantized, dequantize, dequantize_ref,
 )
 
-ALL_TYPES = [F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K]
+BLOCK32_TYPES = [Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL]
+SUPER_BLOCK_TYPES = [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS]
+ALL_TYPES = [F32, F16, BF16] + BLOCK32_TYPES + SUPER_BLOCK_TYPES
 # where the f16 scales sit in a block (byte offsets), for random-byte blocks
-SCALE_FIELDS = {Q8_0: [0], Q4_0: [0], Q4_1: [0, 2], Q5_0: [0], Q4_K: [0, 2], Q6_K: [208]}
+SCALE_FIELDS = {Q8_0: [0], Q4_0: [0], Q4_1: [0, 2], Q5_0: [0], Q5_1: [0, 2], IQ4_NL: [0],
+                Q2_K: [80, 82], Q3_K: [108], Q4_K: [0, 2], Q5_K: [0, 2], Q6_K: [208], IQ4_XS: [0]}
 
 
 def name(t):
@@ -67,7 +70,9 @@ def assert_matmul_close(y, x, w):
 
 
 def cols_for(t):
-    return {F32: 75, F16: 75, BF16: 75, Q4_K: 512, Q6_K: 512}.get(t, 96)  # 96 = 3 blocks of 32
+    if t in SUPER_BLOCK_TYPES:
+        return 512  # 2 super-blocks of 256
+    return {F32: 75, F16: 75, BF16: 75}.get(t, 96)  # 96 = 3 blocks of 32
 
 
 # ---------------------------------------------------------------------------
@@ -137,15 +142,54 @@ def test_kernel_matmul_matches_dequantized_matmul(t, n, monkeypatch):
     assert_matmul_close(y, x, w_ref)
 
 
-@settings(max_examples=25, deadline=None)
-@given(t=st.sampled_from([Q4_1, Q8_0, Q4_0, Q5_0]), rows=st.integers(1, 70), n_blocks=st.integers(1, 9),
+@settings(max_examples=60, deadline=None)
+@given(t=st.sampled_from(BLOCK32_TYPES + SUPER_BLOCK_TYPES), rows=st.integers(1, 70), n_blocks=st.integers(1, 9),
        n=st.integers(1, 20), seed=st.integers(0, 2**16))
 def test_matmul_property_any_shape(t, rows, n_blocks, n, seed):
     rng = np.random.default_rng(seed)
-    cols = 32 * n_blocks
+    cols = quants.BLOCK_LAYOUT[t][0] * n_blocks
     raw = random_blocks(t, rows, cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     assert_matmul_close(QuantizedWeight.from_raw(raw, t, (rows, cols)).matmul(x), x, gguf_dequant(raw, t, rows, cols))
+
+
+_LOOKUP_SNIPPET = """
+import numpy as np
+from numba import njit
+from npllm.quant import simd
+from npllm.quant.formats import IQ4_VALUES
+
+@njit
+def lookup(b, out):
+    p, o = simd.addr(b), simd.addr(out)
+    for i in range(0, b.size, 8):
+        simd.vstore(o, i, simd.viq4lo(p, i))
+        simd.vstore(o, b.size + i, simd.viq4hi(p, i))
+
+b = np.arange(256, dtype=np.uint8)
+out = np.zeros(512, np.float32)
+lookup(b, out)
+table = np.array(IQ4_VALUES, np.float32)
+assert np.array_equal(out, np.concatenate([table[b & 15], table[b >> 4]])), out
+print("pshufb" if simd._PSHUFB else "portable")
+"""
+
+
+@pytest.mark.skipif(quants._JIT_DISABLED, reason="the intrinsics need the JIT")
+@pytest.mark.parametrize("portable", ["0", "1"])
+def test_iq4_codebook_lookup_in_both_lowerings(portable, tmp_path):
+    # viq4lo / viq4hi are one pshufb on x86 and 8 scalar lookups elsewhere; both must give
+    # IQ4_VALUES[nibble] for every byte.  A fresh process (and cache) per lowering.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NPLLM_PORTABLE_SIMD=portable, NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", _LOOKUP_SNIPPET], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if portable == "1":
+        assert proc.stdout.strip() == "portable"
 
 
 def test_matmul_vector_input_and_out_buffer():
@@ -191,7 +235,7 @@ def test_reference_mode_uses_numpy_dequantization():
 
 def test_quantized_weight_properties_and_raw_round_trip():
     rng = np.random.default_rng(7)
-    for t in (Q4_1, Q8_0, Q5_0, Q4_K):
+    for t in BLOCK32_TYPES + SUPER_BLOCK_TYPES:
         cols = cols_for(t)
         raw = sample(t, 11, cols, rng, "random")
         w = QuantizedWeight.from_raw(raw, t)  # shape inferred from [rows, row_bytes]
@@ -228,7 +272,7 @@ def test_permute_rows_and_concat_rows():
         QuantizedWeight.concat_rows([a, QuantizedWeight.from_raw(random_blocks(Q8_0, 2, 64, rng), Q8_0, (2, 64))])
 
 
-@pytest.mark.parametrize("t", [Q4_1, Q8_0, Q6_K, F16], ids=name)
+@pytest.mark.parametrize("t", [Q4_1, Q8_0, Q5_1, Q6_K, IQ4_XS, F16], ids=name)
 def test_fuse_rows_gives_views_and_the_same_products(t):
     # decode's fused q|k|v: one weight whose row views equal the parts, computing each row as
     # the separate weights do (the expected values: gguf's dequantization and NumPy)
@@ -263,7 +307,7 @@ def test_fuse_rows_gives_views_and_the_same_products(t):
         fused.row_slice(4, 11)
 
 
-@pytest.mark.parametrize("t,type_name", [(17, "IQ2_XS"), (13, "Q5_K"), (7, "Q5_1"), (123, "type 123")])
+@pytest.mark.parametrize("t,type_name", [(17, "IQ2_XS"), (16, "IQ2_XXS"), (34, "TQ1_0"), (123, "type 123")])
 def test_unsupported_type_is_named(t, type_name):
     with pytest.raises(ModelFormatError, match=type_name):
         dequantize(np.zeros((1, 66), np.uint8), t, (1, 256))

@@ -1,18 +1,18 @@
-"""Lesson 07 — Numba kernels that multiply by GGUF-quantized weights without unpacking them.
+"""Lesson 07 — the driver of the quantized kernels: one parallel entry point for every type.
 
-Decoding one token reads every weight once, so its speed is set by how many bytes
-are read and how few instructions turn them into fp32 products.  These kernels read
-the quantized blocks directly, dequantize 8 values at a time in registers, and
-accumulate ``w * x`` in fp32.  ``npllm.quant.dequantize_ref`` is the readable
-NumPy reference every kernel is tested against.
+Decoding one token reads every weight once, so its speed is set by how many bytes are read
+and how few instructions turn them into fp32 products.  The kernels of each block family
+(``blocks32.py``: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL; ``kquants.py``: Q2_K ... Q6_K, IQ4_XS;
+``dense.py``: F32, F16, BF16) read the quantized blocks directly, dequantize 8 values at a time
+in registers (the vocabulary is ``simd.py``) and accumulate ``w * x`` in fp32.  This module
+dispatches to them (``_dot_rows`` for N = 1, ``_deq_row`` for the rest) and runs them on the
+cores (``_run``).  ``npllm.quant.dequantize_ref`` is the readable NumPy reference every kernel
+is tested against.
 
 Three habits make them fast, and each is a lesson in how Numba compiles:
 
-1. **An 8-lane vocabulary.**  LLVM's auto-vectoriser does not find the right loop in
-   "for each block: 16 bytes -> 32 nibbles -> dot with x" (it vectorises across
-   blocks with gathers).  So the kernels spell out 8-lane steps with ``vload``,
-   ``vfma``, ``vlo4``...: Numba intrinsics that emit LLVM ``<8 x float>`` code, one
-   AVX2 instruction each.  Loops stay ordinary Python loops.
+1. **An 8-lane vocabulary** (``simd.py``): LLVM's auto-vectoriser does not find the right loop
+   in "16 bytes -> 32 nibbles -> dot with x", so the kernels spell out 8-lane steps.
 2. **Addresses, not arrays, below the driver.**  Passing a NumPy array to a helper
    costs reference counting (atomic increments) and a dozen call arguments; on a
    576-wide row that costs as much as the arithmetic.  ``_run`` takes each array's
@@ -21,535 +21,36 @@ Three habits make them fast, and each is a lesson in how Numba compiles:
    thread.  A parallel function takes seconds to compile, so there is one (cached on
    disk) for every type and operation.
 
-Weight layout (``QuantizedWeight`` repacks at load; same bytes as the file): the
-32-value block types (Q8_0, Q4_0, Q4_1, Q5_0) are split into three byte "planes" per
-row — ``q`` the quants, ``s1`` the fp16 scales d, ``s2`` the fp16 mins m (Q4_1) or the
-32-bit high-bit masks qh (Q5_0).  A row's scales are then contiguous (converted to
-fp32 in one vectorised pass) and its quants 16-byte aligned.  K-quants and
-F32/F16/BF16 keep GGUF's row layout in ``q``.  A plane is passed as ``(address, row
-stride in bytes)``; ``pl = (q, q_stride, s1, s1_stride, s2, s2_stride)``, so the
-read-only memory-mapped planes of a GGUF file and writable copies share one compiled kernel.
+Weight layout (``QuantizedWeight`` repacks at load; same bytes as the file): the 32-value
+block types are split into three byte "planes" per row (``blocks32.to_planes``); K-quants and
+F32/F16/BF16 keep GGUF's row layout in the first.  A plane is passed as ``(address, row stride
+in bytes)``; ``pl = (q, q_stride, s1, s1_stride, s2, s2_stride)``, so the read-only
+memory-mapped planes of a GGUF file and writable copies share one compiled kernel.
 
 Shape legend: R output rows (out features), D columns (in features), N inputs.
 """
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic, models, register_model
 
 from .._jit import njit, njit_parallel, prange
-
-from .formats import BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0  # noqa: E402  (type ids)
+from .blocks32 import (_deq_row_iq4_nl, _deq_row_q4_0, _deq_row_q4_1, _deq_row_q5_0, _deq_row_q5_1,
+                       _deq_row_q8_0, _dot_iq4_nl, _dot_q4_0, _dot_q4_1, _dot_q5_0, _dot_q5_1, _dot_q8_0)
+from .dense import _deq_row_dense, _dot_dense
+from .formats import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0  # type ids
+from .kquants import (_deq_row_iq4_xs, _deq_row_q2_k, _deq_row_q3_k, _deq_row_q4_k, _deq_row_q5_k,
+                      _deq_row_q6_k, _dot_iq4_xs, _dot_q2_k, _dot_q3_k, _dot_q4_k, _dot_q5_k, _dot_q6_k)
+from .simd import addr, fload, fstore, vadd, vfma, vload, vsum, vzero
 
 # ---------------------------------------------------------------------------
-# The vocabulary: an 8-lane float32 vector type and the operations the kernels use.
-# `p` arguments are addresses (int64); float loads/stores count in floats, byte
-# loads count in bytes.
+# Dispatch by type
 # ---------------------------------------------------------------------------
-
-
-class _F32x8Type(types.Type):
-    def __init__(self):
-        super().__init__(name="f32x8")
-
-
-f32x8 = _F32x8Type()
-_V8F = ir.VectorType(ir.FloatType(), 8)
-_V8I = ir.VectorType(ir.IntType(32), 8)
-_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-_FAST = ("fast",)
-
-
-@register_model(_F32x8Type)
-class _F32x8Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _V8F)
-
-
-def _at(builder, p, offset, elem):
-    """Pointer to element `offset` (in units of `elem`) after address p."""
-    base = builder.inttoptr(p, elem.as_pointer())
-    return builder.gep(base, [offset], inbounds=True)
-
-
-def _load(builder, ptr, typ, align):
-    """Load a `typ` from pointer ptr (works with typed and opaque-pointer llvmlite versions)."""
-    return builder.load(builder.bitcast(ptr, typ.as_pointer()), align=align)
-
-
-def _splat_i32(builder, value):
-    v = builder.insert_element(ir.Constant(_V8I, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_V8I, [0] * 8))
-
-
-def _load_bytes8(builder, p, off):
-    """8 bytes at address p + off, zero-extended to <8 x i32>."""
-    b = _load(builder, _at(builder, p, off, _I8), ir.VectorType(_I8, 8), 1)
-    return builder.zext(b, _V8I)
-
-
-@intrinsic
-def addr(typingctx, arr):
-    """The address of a contiguous array's first element (the array must outlive its use)."""
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        return builder.ptrtoint(data, _I64)
-
-    return types.int64(arr), codegen
-
-
-@intrinsic
-def vzero(typingctx):
-    """[0.0] * 8"""
-    return f32x8(), lambda context, builder, sig, args: ir.Constant(_V8F, [0.0] * 8)
-
-
-@intrinsic
-def vsplat(typingctx, s):
-    """[s] * 8 for a scalar s."""
-
-    def codegen(context, builder, sig, args):
-        v = context.cast(builder, args[0], sig.args[0], types.float32)
-        v = builder.insert_element(ir.Constant(_V8F, ir.Undefined), v, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(v, v, ir.Constant(_V8I, [0] * 8))
-
-    return f32x8(s), codegen
-
-
-@intrinsic
-def vload(typingctx, p, i):
-    """float32 p[i : i + 8]"""
-
-    def codegen(context, builder, sig, args):
-        return _load(builder, _at(builder, args[0], args[1], ir.FloatType()), _V8F, 4)
-
-    return f32x8(p, i), codegen
-
-
-@intrinsic
-def vstore(typingctx, p, i, v):
-    """float32 p[i : i + 8] = v"""
-
-    def codegen(context, builder, sig, args):
-        ptr = builder.bitcast(_at(builder, args[0], args[1], ir.FloatType()), _V8F.as_pointer())
-        builder.store(args[2], ptr, align=4)
-        return context.get_dummy_value()
-
-    return types.none(p, i, f32x8), codegen
-
-
-@intrinsic
-def fload(typingctx, p, i):
-    """float32 p[i] (a scalar)"""
-
-    def codegen(context, builder, sig, args):
-        return builder.load(_at(builder, args[0], args[1], ir.FloatType()), align=4)
-
-    return types.float32(p, i), codegen
-
-
-@intrinsic
-def fstore(typingctx, p, i, s):
-    """float32 p[i] = s"""
-
-    def codegen(context, builder, sig, args):
-        v = context.cast(builder, args[2], sig.args[2], types.float32)
-        builder.store(v, _at(builder, args[0], args[1], ir.FloatType()), align=4)
-        return context.get_dummy_value()
-
-    return types.none(p, i, s), codegen
-
-
-def _binop(name):
-    def op(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, name)(args[0], args[1], flags=_FAST)
-
-        return f32x8(f32x8, f32x8), codegen
-
-    return intrinsic(op)
-
-
-vadd = _binop("fadd")  # a + b
-vmul = _binop("fmul")  # a * b
-
-
-@intrinsic
-def vfma(typingctx, a, b, c):
-    """a * b + c  (one fused multiply-add instruction)"""
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(builder.fmul(args[0], args[1], flags=_FAST), args[2], flags=_FAST)
-
-    return f32x8(f32x8, f32x8, f32x8), codegen
-
-
-@intrinsic
-def vsum(typingctx, a):
-    """a[0] + ... + a[7] as a float32 (pairwise: 8 -> 4 -> 2 -> 1)."""
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        for width in (4, 2):
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-            v = builder.fadd(lo, hi, flags=_FAST)
-        a0 = builder.extract_element(v, ir.Constant(_I32, 0))
-        a1 = builder.extract_element(v, ir.Constant(_I32, 1))
-        return builder.fadd(a0, a1, flags=_FAST)
-
-    return types.float32(f32x8), codegen
-
-
-def _bytes_op(kind):
-    def op(typingctx, p, off):
-        def codegen(context, builder, sig, args):
-            if kind == "i8":  # signed bytes (Q8_0 quants)
-                b = _load(builder, _at(builder, args[0], args[1], _I8), ir.VectorType(_I8, 8), 1)
-                return builder.sitofp(builder.sext(b, _V8I), _V8F)
-            w = _load_bytes8(builder, args[0], args[1])  # widened first: no re-masking after a shift
-            if kind == "lo4":
-                w = builder.and_(w, ir.Constant(_V8I, [15] * 8))
-            elif kind == "hi4":
-                w = builder.lshr(w, ir.Constant(_V8I, [4] * 8))
-            return builder.uitofp(w, _V8F)
-
-        return f32x8(p, off), codegen
-
-    return intrinsic(op)
-
-
-vlo4 = _bytes_op("lo4")  # float(b & 15) for the 8 bytes b at p + off
-vhi4 = _bytes_op("hi4")  # float(b >> 4)
-vi8 = _bytes_op("i8")  # float(int8(b))
-
-
-@intrinsic
-def vbits(typingctx, p, off, first):
-    """float((u >> (first + i)) & 1) for lanes i = 0..7; u = the little-endian uint32 at p + off."""
-
-    def codegen(context, builder, sig, args):
-        word = _splat_i32(builder, _load(builder, _at(builder, args[0], args[1], _I8), _I32, 1))
-        shifts = builder.add(_splat_i32(builder, builder.trunc(args[2], _I32)), ir.Constant(_V8I, list(range(8))))
-        bits = builder.and_(builder.lshr(word, shifts), ir.Constant(_V8I, [1] * 8))
-        return builder.uitofp(bits, _V8F)
-
-    return f32x8(p, off, first), codegen
-
-
-@intrinsic
-def vq6(typingctx, p, lo_off, lo_shift, hi_off, hi_shift):
-    """Q6_K values minus 32, for the 8 bytes lo at p + lo_off and hi at p + hi_off:
-    float(((lo >> lo_shift) & 15 | ((hi >> hi_shift) & 3) << 4) - 32)"""
-
-    def codegen(context, builder, sig, args):
-        p, lo_off, lo_shift, hi_off, hi_shift = args
-        lo = builder.lshr(_load_bytes8(builder, p, lo_off), _splat_i32(builder, builder.trunc(lo_shift, _I32)))
-        hi = builder.lshr(_load_bytes8(builder, p, hi_off), _splat_i32(builder, builder.trunc(hi_shift, _I32)))
-        lo = builder.and_(lo, ir.Constant(_V8I, [15] * 8))
-        hi = builder.and_(hi, ir.Constant(_V8I, [3] * 8))
-        q = builder.or_(lo, builder.shl(hi, ir.Constant(_V8I, [4] * 8)))
-        return builder.sitofp(builder.sub(q, ir.Constant(_V8I, [32] * 8)), _V8F)
-
-    return f32x8(p, lo_off, lo_shift, hi_off, hi_shift), codegen
-
-
-@intrinsic
-def vf16(typingctx, p, off):
-    """8 IEEE halves at p + off -> 8 float lanes (one vcvtph2ps)."""
-
-    def codegen(context, builder, sig, args):
-        h = _load(builder, _at(builder, args[0], args[1], _I8), ir.VectorType(ir.HalfType(), 8), 1)
-        return builder.fpext(h, _V8F)
-
-    return f32x8(p, off), codegen
-
-
-@intrinsic
-def vbf16(typingctx, p, off):
-    """8 bfloat16 at p + off -> 8 float lanes (a bf16 is the top half of an fp32)."""
-
-    def codegen(context, builder, sig, args):
-        h = _load(builder, _at(builder, args[0], args[1], _I8), ir.VectorType(_I16, 8), 1)
-        return builder.bitcast(builder.shl(builder.zext(h, _V8I), ir.Constant(_V8I, [16] * 8)), _V8F)
-
-    return f32x8(p, off), codegen
-
-
-@intrinsic
-def vf32(typingctx, p, off):
-    """8 float32 at byte offset off (F32 rows are stored as bytes)."""
-
-    def codegen(context, builder, sig, args):
-        return _load(builder, _at(builder, args[0], args[1], _I8), _V8F, 1)
-
-    return f32x8(p, off), codegen
-
-
-def _scalar_op(kind):
-    def op(typingctx, p, off):
-        def codegen(context, builder, sig, args):
-            ptr = _at(builder, args[0], args[1], _I8)
-            if kind == "u8":
-                return builder.zext(_load(builder, ptr, _I8, 1), _I64)
-            if kind == "i8":
-                return builder.sext(_load(builder, ptr, _I8, 1), _I64)
-            if kind == "f16":
-                return builder.fpext(_load(builder, ptr, ir.HalfType(), 1), ir.FloatType())
-            if kind == "bf16":
-                w = builder.zext(_load(builder, ptr, _I16, 1), _I32)
-                return builder.bitcast(builder.shl(w, ir.Constant(_I32, 16)), ir.FloatType())
-            return _load(builder, ptr, ir.FloatType(), 1)  # f32
-
-        restype = types.int64 if kind in ("u8", "i8") else types.float32
-        return restype(p, off), codegen
-
-    return intrinsic(op)
-
-
-u8 = _scalar_op("u8")  # the byte at p + off as an int 0..255
-i8 = _scalar_op("i8")  # ... as a signed int -128..127
-f16 = _scalar_op("f16")  # the IEEE half at p + off as float32
-bf16 = _scalar_op("bf16")  # the bfloat16 at p + off as float32
-f32 = _scalar_op("f32")  # the float32 at byte offset off
-
-
-# ---------------------------------------------------------------------------
-# Row dot products, N = 1.  `_dot_<type>(pl, r0, r1, xp, xsp, dtp, outp)` sets
-# out[r] = sum_j W[r, j] * x[j] for r0 <= r < r1 (each function loops over its rows
-# itself).  xsp -> xs[b] = sum of x over block b of 32 values; dtp -> scratch floats.
-# ---------------------------------------------------------------------------
-
-
-@njit
-def _scales(p, dtp, nb):
-    # nb fp16 scales at p -> fp32 at dtp, 8 at a time (vcvtph2ps)
-    main = nb - nb % 8
-    for b in range(0, main, 8):
-        vstore(dtp, b, vf16(p, 2 * b))
-    for b in range(main, nb):
-        fstore(dtp, b, f16(p, 2 * b))
-
-
-@njit
-def _f16_dot(p, xsp, nb):
-    # sum_b f16(p)[b] * xs[b]: the Q4_1 mins times the block sums of x
-    main = nb - nb % 8
-    acc = vzero()
-    for b in range(0, main, 8):
-        acc = vfma(vf16(p, 2 * b), vload(xsp, b), acc)
-    s = vsum(acc)
-    for b in range(main, nb):
-        s += f16(p, 2 * b) * fload(xsp, b)
-    return s
-
-
-@njit
-def _nibble_dot(p, xp, j):
-    # sum_i q_i x[j + i] over one block: the 16 bytes at p hold q_i (low nibble) and q_{i+16} (high)
-    s = vmul(vlo4(p, 0), vload(xp, j))
-    s = vfma(vlo4(p, 8), vload(xp, j + 8), s)
-    s = vfma(vhi4(p, 0), vload(xp, j + 16), s)
-    return vfma(vhi4(p, 8), vload(xp, j + 24), s)
-
-
-@njit
-def _q8_block_dot(p, xp, j):
-    # sum_i q_i x[j + i] over one block of 32 int8 at p
-    s = vmul(vi8(p, 0), vload(xp, j))
-    s = vfma(vi8(p, 8), vload(xp, j + 8), s)
-    s = vfma(vi8(p, 16), vload(xp, j + 16), s)
-    return vfma(vi8(p, 24), vload(xp, j + 24), s)
-
-
-@njit
-def _dot_q8_0(pl, r0, r1, xp, dtp, outp):
-    # block: d (fp16, plane s1) and 32 int8 q (plane q).   w = d * q
-    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
-    nb = dn // 2
-    for r in range(r0, r1):
-        _scales(dp + r * dn, dtp, nb)
-        p = qp + r * qn
-        acc0 = vzero()  # even / odd blocks (see _dot_q4_1)
-        acc1 = vzero()
-        for b in range(0, nb - 1, 2):
-            acc0 = vfma(vsplat(fload(dtp, b)), _q8_block_dot(p + 32 * b, xp, 32 * b), acc0)
-            acc1 = vfma(vsplat(fload(dtp, b + 1)), _q8_block_dot(p + 32 * b + 32, xp, 32 * b + 32), acc1)
-        if nb % 2:
-            acc0 = vfma(vsplat(fload(dtp, nb - 1)), _q8_block_dot(p + 32 * nb - 32, xp, 32 * nb - 32), acc0)
-        fstore(outp, r, vsum(vadd(acc0, acc1)))
-
-
-@njit
-def _dot_q4_0(pl, r0, r1, xp, xsp, dtp, outp):
-    # block: d, 16 bytes of nibbles.  w = d * (q - 8)  =>  sum_b d_b * (sum q x - 8 * xs_b)
-    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
-    nb = dn // 2
-    for r in range(r0, r1):
-        _scales(dp + r * dn, dtp, nb)
-        corr = np.float32(0.0)
-        for b in range(nb):
-            corr += fload(dtp, b) * fload(xsp, b)
-        p = qp + r * qn
-        acc = vzero()
-        for b in range(nb):
-            acc = vfma(vsplat(fload(dtp, b)), _nibble_dot(p + 16 * b, xp, 32 * b), acc)
-        fstore(outp, r, vsum(acc) - np.float32(8.0) * corr)
-
-
-@njit
-def _dot_q4_1(pl, r0, r1, xp, xsp, dtp, outp):
-    # block: d, m, 16 bytes of nibbles.  w = d * q + m  =>  sum_b d_b * (sum q x) + m_b * xs_b
-    qp, qn, dp, dn, mp, mn = pl
-    nb = dn // 2
-    for r in range(r0, r1):
-        mx = _f16_dot(mp + r * mn, xsp, nb)
-        _scales(dp + r * dn, dtp, nb)
-        p = qp + r * qn
-        acc0 = vzero()  # two accumulators (even / odd blocks): with one, each block's FMA
-        acc1 = vzero()  # would wait 4 cycles for the previous one
-        for b in range(0, nb - 1, 2):
-            acc0 = vfma(vsplat(fload(dtp, b)), _nibble_dot(p + 16 * b, xp, 32 * b), acc0)
-            acc1 = vfma(vsplat(fload(dtp, b + 1)), _nibble_dot(p + 16 * b + 16, xp, 32 * b + 32), acc1)
-        if nb % 2:
-            acc0 = vfma(vsplat(fload(dtp, nb - 1)), _nibble_dot(p + 16 * nb - 16, xp, 32 * nb - 32), acc0)
-        fstore(outp, r, vsum(vadd(acc0, acc1)) + mx)
-
-
-@njit
-def _dot_q5_0(pl, r0, r1, xp, xsp, dtp, outp):
-    # block: d, qh (bit i = 5th bit of value i), 16 bytes of nibbles.  w = d * (q4 + 16 hbit - 16)
-    # =>  sum_b d_b * (sum q4 x + 16 sum hbit x - 16 xs_b)
-    qp, qn, dp, dn, hp, hn = pl
-    nb = dn // 2
-    sixteen = vsplat(np.float32(16.0))
-    for r in range(r0, r1):
-        _scales(dp + r * dn, dtp, nb)
-        corr = np.float32(0.0)
-        for b in range(nb):
-            corr += fload(dtp, b) * fload(xsp, b)
-        p = qp + r * qn
-        h = hp + r * hn
-        acc = vzero()
-        for b in range(nb):
-            j = 32 * b
-            hx = vmul(vbits(h, 4 * b, 0), vload(xp, j))
-            hx = vfma(vbits(h, 4 * b, 8), vload(xp, j + 8), hx)
-            hx = vfma(vbits(h, 4 * b, 16), vload(xp, j + 16), hx)
-            hx = vfma(vbits(h, 4 * b, 24), vload(xp, j + 24), hx)
-            s = vfma(sixteen, hx, _nibble_dot(p + 16 * b, xp, j))
-            acc = vfma(vsplat(fload(dtp, b)), s, acc)
-        fstore(outp, r, vsum(acc) - np.float32(16.0) * corr)
-
-
-@njit
-def _k4_scale_min(p, j):
-    # the 6-bit (scale, min) pair j of a Q4_K super-block at p (12 packed bytes at p + 4):
-    # bytes 0-3: scale 0-3, bytes 4-7: min 0-3 (low 6 bits); bytes 8-11: low 4 bits of scale 4-7
-    # and min 4-7; the top 2 bits of bytes 0-3 / 4-7 are the high bits of scale / min 4-7
-    s = p + 4
-    if j < 4:
-        return u8(s, j) & 63, u8(s, j + 4) & 63
-    sc = (u8(s, j + 4) & 15) | ((u8(s, j - 4) >> 6) << 4)
-    mn = (u8(s, j + 4) >> 4) | ((u8(s, j) >> 6) << 4)
-    return sc, mn
-
-
-@njit
-def _dot_q4_k(pl, r0, r1, xp, xsp, outp):
-    # super-block (144 B, 256 values): d, dmin, 12 B of scales, 128 B of nibbles; sub-block j of 32:
-    # w = d * sc_j * q - dmin * mn_j; bytes 32g..32g+31 hold sub-blocks 2g (low) and 2g+1 (high)
-    qp, qn = pl[0], pl[1]
-    for r in range(r0, r1):
-        acc = vzero()
-        mins = np.float32(0.0)
-        for sb in range(qn // 144):
-            p = qp + r * qn + 144 * sb
-            d = f16(p, 0)
-            dmin = f16(p, 2)
-            for j in range(8):
-                sc, mn = _k4_scale_min(p, j)
-                g = p + 16 + 32 * (j // 2)
-                e = 256 * sb + 32 * j
-                if j % 2 == 0:
-                    s = vmul(vlo4(g, 0), vload(xp, e))
-                    s = vfma(vlo4(g, 8), vload(xp, e + 8), s)
-                    s = vfma(vlo4(g, 16), vload(xp, e + 16), s)
-                    s = vfma(vlo4(g, 24), vload(xp, e + 24), s)
-                else:
-                    s = vmul(vhi4(g, 0), vload(xp, e))
-                    s = vfma(vhi4(g, 8), vload(xp, e + 8), s)
-                    s = vfma(vhi4(g, 16), vload(xp, e + 16), s)
-                    s = vfma(vhi4(g, 24), vload(xp, e + 24), s)
-                acc = vfma(vsplat(d * np.float32(sc)), s, acc)
-                mins += dmin * np.float32(mn) * fload(xsp, 8 * sb + j)
-        fstore(outp, r, vsum(acc) - mins)
-
-
-@njit
-def _dot_q6_k(pl, r0, r1, xp, outp):
-    # super-block (210 B, 256 values): ql 128 B, qh 64 B, 16 int8 scales, fp16 d.
-    # value e = d * sc[e // 16] * (q6 - 32).  In half h: ql[64h + l] low/high nibbles -> values
-    # l / l + 64, ql[64h + 32 + l] -> l + 32 / l + 96; qh[32h + l] bits 0-1, 2-3, 4-5, 6-7 are the
-    # high 2 bits of values l, l + 32, l + 64, l + 96 (all relative to 128h)
-    qp, qn = pl[0], pl[1]
-    for r in range(r0, r1):
-        acc = vzero()
-        for sb in range(qn // 210):
-            p = qp + r * qn + 210 * sb
-            d = f16(p, 208)
-            for h in range(2):
-                for l in range(0, 32, 8):
-                    e = 256 * sb + 128 * h + l
-                    for k in range(4):  # value groups l, l + 32, l + 64, l + 96
-                        sc = np.float32(i8(p, 192 + 8 * h + l // 16 + 2 * k))
-                        w = vq6(p, 64 * h + l + 32 * (k % 2), 4 * (k // 2), 128 + 32 * h + l, 2 * k)
-                        acc = vfma(vsplat(d * sc), vmul(w, vload(xp, e + 32 * k)), acc)
-        fstore(outp, r, vsum(acc))
-
-
-@njit
-def _dense_vec(kind, p, j):
-    # values j..j+7 of a F32 / F16 / BF16 row at p
-    if kind == F32:
-        return vf32(p, 4 * j)
-    if kind == F16:
-        return vf16(p, 2 * j)
-    return vbf16(p, 2 * j)
-
-
-@njit
-def _dense_at(kind, p, j):
-    # value j of a F32 / F16 / BF16 row at p
-    if kind == F32:
-        return f32(p, 4 * j)
-    if kind == F16:
-        return f16(p, 2 * j)
-    return bf16(p, 2 * j)
-
-
-@njit
-def _dot_dense(kind, pl, r0, r1, xp, cols, outp):
-    qp, qn = pl[0], pl[1]
-    main = cols - cols % 16
-    for r in range(r0, r1):
-        p = qp + r * qn
-        acc0 = vzero()
-        acc1 = vzero()
-        for j in range(0, main, 16):
-            acc0 = vfma(_dense_vec(kind, p, j), vload(xp, j), acc0)
-            acc1 = vfma(_dense_vec(kind, p, j + 8), vload(xp, j + 8), acc1)
-        s = vsum(vadd(acc0, acc1))
-        for j in range(main, cols):
-            s += _dense_at(kind, p, j) * fload(xp, j)
-        fstore(outp, r, s)
 
 
 @njit
 def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
+    """out[0, r] = W[r] . x[0] for r0 <= r < r1.  xs: block sums of x (see _run); dt: scratch of
+    >= cols / 32 + 16 floats (a row's block scales, or a super-block's 16 group scales)."""
     # Arrays are passed down to here, one call per chunk: holding them as arguments keeps them
     # alive while their addresses are in use (Numba frees an array right after its last use).
     xp, xsp, dtp, outp, cols = addr(x), addr(xs), addr(dt), addr(out), x.shape[1]
@@ -561,88 +62,57 @@ def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
         _dot_q4_0(pl, r0, r1, xp, xsp, dtp, outp)
     elif kind == Q5_0:
         _dot_q5_0(pl, r0, r1, xp, xsp, dtp, outp)
+    elif kind == Q5_1:
+        _dot_q5_1(pl, r0, r1, xp, xsp, dtp, outp)
+    elif kind == IQ4_NL:
+        _dot_iq4_nl(pl, r0, r1, xp, dtp, outp)
     elif kind == Q4_K:
         _dot_q4_k(pl, r0, r1, xp, xsp, outp)
     elif kind == Q6_K:
         _dot_q6_k(pl, r0, r1, xp, outp)
+    elif kind == Q5_K:
+        _dot_q5_k(pl, r0, r1, xp, xsp, outp)
+    elif kind == Q3_K:
+        _dot_q3_k(pl, r0, r1, xp, xsp, dtp, outp)
+    elif kind == Q2_K:
+        _dot_q2_k(pl, r0, r1, xp, xsp, dtp, outp)
+    elif kind == IQ4_XS:
+        _dot_iq4_xs(pl, r0, r1, xp, outp)
     else:
         _dot_dense(kind, pl, r0, r1, xp, cols, outp)
-
-
-# ---------------------------------------------------------------------------
-# Dequantization of a row (prefill tiles, embedding lookups, and N > 1 decode)
-# ---------------------------------------------------------------------------
-
-
-@njit
-def _deq_nibbles(p, d, m, op):
-    # one block of 16 nibble bytes at p -> op[0:32] = d * q + m
-    vd = vsplat(d)
-    vm = vsplat(m)
-    vstore(op, 0, vfma(vd, vlo4(p, 0), vm))
-    vstore(op, 8, vfma(vd, vlo4(p, 8), vm))
-    vstore(op, 16, vfma(vd, vhi4(p, 0), vm))
-    vstore(op, 24, vfma(vd, vhi4(p, 8), vm))
 
 
 @njit
 def _deq_row(kind, pl, r, op, cols, dtp, mtp):
     """W[r, :cols] -> float32 op[0 : cols].  dtp, mtp: scratch of >= cols / 32 floats."""
-    qp, qn, s1p, s1n, s2p, s2n = pl
-    p = qp + r * qn
-    nb = cols // 32
-    if kind == Q8_0 or kind == Q4_0 or kind == Q4_1 or kind == Q5_0:
-        _scales(s1p + r * s1n, dtp, nb)
-        if kind == Q4_1:
-            _scales(s2p + r * s2n, mtp, nb)
-        for b in range(nb):
-            d = fload(dtp, b)
-            ob = op + 128 * b  # 32 floats per block
-            if kind == Q8_0:
-                vd = vsplat(d)
-                for k in range(4):
-                    vstore(ob, 8 * k, vmul(vd, vi8(p + 32 * b, 8 * k)))
-            elif kind == Q4_0:
-                _deq_nibbles(p + 16 * b, d, np.float32(-8.0) * d, ob)
-            elif kind == Q4_1:
-                _deq_nibbles(p + 16 * b, d, fload(mtp, b), ob)
-            else:  # Q5_0: d * (q4 - 16) + 16 d * hbit
-                _deq_nibbles(p + 16 * b, d, np.float32(-16.0) * d, ob)
-                vd16 = vsplat(np.float32(16.0) * d)
-                h = s2p + r * s2n + 4 * b
-                for k in range(4):
-                    vstore(ob, 8 * k, vfma(vd16, vbits(h, 0, 8 * k), vload(ob, 8 * k)))
+    nb = cols // 32  # blocks of 32
+    p = pl[0] + r * pl[1]  # the row's bytes (K-quants, dense) or quants (32-value blocks)
+    if kind == Q8_0:
+        _deq_row_q8_0(pl, r, op, nb, dtp)
+    elif kind == Q4_0:
+        _deq_row_q4_0(pl, r, op, nb, dtp)
+    elif kind == Q4_1:
+        _deq_row_q4_1(pl, r, op, nb, dtp, mtp)
+    elif kind == Q5_0:
+        _deq_row_q5_0(pl, r, op, nb, dtp)
+    elif kind == Q5_1:
+        _deq_row_q5_1(pl, r, op, nb, dtp, mtp)
+    elif kind == IQ4_NL:
+        _deq_row_iq4_nl(pl, r, op, nb, dtp)
     elif kind == Q4_K:
-        for sb in range(nb // 8):
-            ps = p + 144 * sb
-            d = f16(ps, 0)
-            dmin = f16(ps, 2)
-            for j in range(8):
-                sc, mn = _k4_scale_min(ps, j)
-                vd = vsplat(d * np.float32(sc))
-                vm = vsplat(-dmin * np.float32(mn))
-                g = ps + 16 + 32 * (j // 2)
-                oj = op + 4 * (256 * sb + 32 * j)
-                for k in range(4):
-                    v = vlo4(g, 8 * k) if j % 2 == 0 else vhi4(g, 8 * k)
-                    vstore(oj, 8 * k, vfma(vd, v, vm))
+        _deq_row_q4_k(p, op, nb // 8)
     elif kind == Q6_K:
-        for sb in range(nb // 8):
-            ps = p + 210 * sb
-            d = f16(ps, 208)
-            for h in range(2):
-                for l in range(0, 32, 8):
-                    e = 256 * sb + 128 * h + l
-                    for k in range(4):
-                        sc = np.float32(i8(ps, 192 + 8 * h + l // 16 + 2 * k))
-                        w = vq6(ps, 64 * h + l + 32 * (k % 2), 4 * (k // 2), 128 + 32 * h + l, 2 * k)
-                        vstore(op, e + 32 * k, vmul(vsplat(d * sc), w))
+        _deq_row_q6_k(p, op, nb // 8)
+    elif kind == Q5_K:
+        _deq_row_q5_k(p, op, nb // 8)
+    elif kind == Q3_K:
+        _deq_row_q3_k(p, op, nb // 8)
+    elif kind == Q2_K:
+        _deq_row_q2_k(p, op, nb // 8)
+    elif kind == IQ4_XS:
+        _deq_row_iq4_xs(p, op, nb // 8)
     else:
-        main = cols - cols % 8
-        for j in range(0, main, 8):
-            vstore(op, j, _dense_vec(kind, p, j))
-        for j in range(main, cols):
-            fstore(op, j, _dense_at(kind, p, j))
+        _deq_row_dense(kind, p, op, cols)
 
 
 # ---------------------------------------------------------------------------
@@ -773,11 +243,11 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
     pl: the weight's planes as (address, row stride) pairs (see plane_addresses)."""
     cols = out.shape[1] if op == DEQUANT else x.shape[1]
     n_rows = out.shape[0] if op == DEQUANT else out.shape[1]
-    xs = _block_sums(x, 32)  # sums of x[0] over blocks of 32
+    xs = _block_sums(x, 16 if kind == Q2_K or kind == Q3_K else 32)  # sums of x[0] over blocks of 32 (16)
     for c in prange(n_chunks):
         c0 = c * n_rows // n_chunks
         c1 = (c + 1) * n_rows // n_chunks
-        dt = np.empty(cols // 32 + 1, np.float32)  # per-chunk scratch
+        dt = np.empty(cols // 32 + 16, np.float32)  # per-chunk scratch (see _dot_rows)
         mt = np.empty(cols // 32 + 1, np.float32)
         if op == MATVEC1:
             _dot_rows(kind, pl, c0, c1, x, xs, dt, out)

@@ -6,12 +6,14 @@ fp16 scales.  A 4-bit block of 32 weights takes 18-20 bytes instead of 128, whic
 is why a 135M-parameter model fits in ~100 MB and decodes fast: decoding a token
 reads every weight once, so fewer bytes means more tokens per second.
 
-This module has, for each supported type, a short NumPy reference dequantizer (the
-block layout is drawn in the comment above each ``_dequant_*``) and
-``QuantizedWeight``, the object that keeps a weight quantized in memory and
-multiplies by it (its Numba kernels are in ``kernels.py``, lesson 07).  The
-references match ``gguf.quants.dequantize`` (the gguf package) value for value, which
-is what HF transformers' GGUF loader uses.
+This module is the public face of the quantized types: ``dequantize`` and
+``QuantizedWeight``, the object that keeps a weight quantized in memory and multiplies by
+it.  Each type's NumPy reference dequantizer (its block layout drawn in the comment above
+each ``_dequant_*``) sits next to its Numba kernels, one file per family: ``blocks32.py``
+(the 32-value blocks Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), ``kquants.py`` (the 256-value
+super-blocks Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) and ``dense.py`` (F32, F16, BF16);
+``kernels.py`` runs them (lesson 07).  The references match ``gguf.quants.dequantize``
+(the gguf package) value for value, which is what HF transformers' GGUF loader uses.
 
     w = QuantizedWeight.from_raw(tensor.data, tensor.tensor_type, shape=(rows, cols))
     y = w.matmul(x)          # x [N, cols] -> y [N, rows] = x @ W.T, W never materialised
@@ -37,8 +39,10 @@ import numpy as np
 
 from .. import _jit
 from ..errors import ModelFormatError
-from .formats import (BF16, BLOCK_LAYOUT, DENSE_TYPES, F16, F32, GGML_TYPE_NAMES, Q4_0, Q4_1,  # noqa: F401
-                      Q4_K, Q5_0, Q6_K, Q8_0, check_type as _check_type, type_name)
+from . import blocks32, dense, kernels, kquants
+from .formats import (BF16, BLOCK_LAYOUT, DENSE_TYPES, F16, F32, GGML_TYPE_NAMES, IQ4_NL, IQ4_XS,  # noqa: F401
+                      Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, check_type as _check_type,
+                      type_name)
 
 _JIT_DISABLED = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
 
@@ -81,100 +85,9 @@ def _as_rows(raw, ggml_type, shape) -> Tuple[np.ndarray, int, int, int]:
     return raw.reshape(rows, row_bytes), t, rows, cols
 
 
-# ---------------------------------------------------------------------------
-# NumPy reference dequantizers: blocks [n, block_bytes] uint8 -> values [n, per_block] float32
-# ---------------------------------------------------------------------------
-
-
-def _f16(b: np.ndarray) -> np.ndarray:
-    # [n, 2] little-endian bytes -> [n, 1] float32
-    return np.ascontiguousarray(b).view("<f2").astype(np.float32)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    # [n, 16] bytes -> [n, 32] values: low nibbles are values 0..15, high nibbles 16..31
-    return np.concatenate([qs & 15, qs >> 4], axis=1)
-
-
-def _dequant_f32(blocks):
-    return np.ascontiguousarray(blocks).view("<f4")
-
-
-def _dequant_f16(blocks):
-    return np.ascontiguousarray(blocks).view("<f2").astype(np.float32)
-
-
-def _dequant_bf16(blocks):
-    # bf16 = the top 16 bits of an fp32
-    return (np.ascontiguousarray(blocks).view("<u2").astype(np.uint32) << 16).view(np.float32)
-
-
-def _dequant_q8_0(blocks):
-    # | d: f16 | q: int8 x 32 |              w = d * q
-    d = _f16(blocks[:, 0:2])
-    return d * blocks[:, 2:].view(np.int8).astype(np.float32)
-
-
-def _dequant_q4_0(blocks):
-    # | d: f16 | qs: 16 bytes (2 x 4 bits) |  w = d * (q - 8)
-    d = _f16(blocks[:, 0:2])
-    return d * (_nibbles(blocks[:, 2:]).astype(np.float32) - 8)
-
-
-def _dequant_q4_1(blocks):
-    # | d: f16 | m: f16 | qs: 16 bytes |     w = d * q + m
-    d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
-    return d * _nibbles(blocks[:, 4:]).astype(np.float32) + m
-
-
-def _dequant_q5_0(blocks):
-    # | d: f16 | qh: u32 (bit i = 5th bit of value i) | qs: 16 bytes |   w = d * (q - 16)
-    d = _f16(blocks[:, 0:2])
-    qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")  # [n, 1]
-    high = (qh >> np.arange(32, dtype=np.uint32)) & 1  # [n, 32]
-    q = _nibbles(blocks[:, 6:]) | (high << 4).astype(np.uint8)
-    return d * (q.astype(np.float32) - 16)
-
-
-def _dequant_q4_k(blocks):
-    # super-block of 256 = 8 sub-blocks of 32:
-    # | d: f16 | dmin: f16 | scales: 12 bytes (8 x 6-bit scale, 8 x 6-bit min) | qs: 128 bytes |
-    # w = d * scale_j * q - dmin * min_j; qs bytes 32g..32g+31 hold sub-block 2g (low) and 2g+1 (high)
-    n = blocks.shape[0]
-    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
-    s = blocks[:, 4:16]
-    # scales bytes 0-3: scale 0-3 (low 6 bits); 4-7: min 0-3; 8-11: low 4 bits of scale 4-7 and
-    # high 4 bits min 4-7; the top 2 bits of bytes 0-3 / 4-7 are the high bits of scale / min 4-7
-    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], axis=1)
-    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
-    qs = blocks[:, 16:].reshape(n, 4, 32)
-    q = np.stack([qs & 15, qs >> 4], axis=2).reshape(n, 8, 32).astype(np.float32)
-    w = (d * sc.astype(np.float32))[:, :, None] * q - (dmin * mn.astype(np.float32))[:, :, None]
-    return w.reshape(n, 256)
-
-
-def _dequant_q6_k(blocks):
-    # super-block of 256 = 16 groups of 16 sharing an int8 scale:
-    # | ql: 128 bytes (low 4 bits) | qh: 64 bytes (high 2 bits) | scales: int8 x 16 | d: f16 |
-    # w = d * scale[i // 16] * (q - 32).  In each half h of 128 values: ql[64h + l] holds values
-    # l (low nibble) and l + 64 (high), ql[64h + 32 + l] values l + 32 and l + 96, and
-    # qh[32h + l] bits 0-1 / 2-3 / 4-5 / 6-7 are the high bits of values l / l+32 / l+64 / l+96.
-    n = blocks.shape[0]
-    ql = blocks[:, 0:128].reshape(n, 2, 64)
-    qh = blocks[:, 128:192].reshape(n, 2, 32)
-    sc = blocks[:, 192:208].view(np.int8).astype(np.float32)
-    d = _f16(blocks[:, 208:210])
-    low = np.concatenate([ql & 15, ql >> 4], axis=2)  # [n, 2, 128]
-    high = np.concatenate([(qh >> shift) & 3 for shift in (0, 2, 4, 6)], axis=2)  # [n, 2, 128]
-    q = (low | (high << 4)).astype(np.float32).reshape(n, 16, 16) - 32
-    return ((d * sc)[:, :, None] * q).reshape(n, 256)
-
-
-_DEQUANT_REF = {
-    F32: _dequant_f32, F16: _dequant_f16, BF16: _dequant_bf16, Q8_0: _dequant_q8_0,
-    Q4_0: _dequant_q4_0, Q4_1: _dequant_q4_1, Q5_0: _dequant_q5_0, Q4_K: _dequant_q4_k,
-    Q6_K: _dequant_q6_k,
-}
+# The NumPy reference dequantizers, one per type (each drawn next to its kernels):
+# blocks [n, block_bytes] uint8 -> values [n, per_block] float32
+_DEQUANT_REF = {**dense.DEQUANT_REF, **blocks32.DEQUANT_REF, **kquants.DEQUANT_REF}
 
 
 def dequantize_ref(raw, ggml_type: int, shape: Sequence[int]) -> np.ndarray:
@@ -203,42 +116,17 @@ def dequantize(raw, ggml_type: int, shape: Sequence[int]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _field(blocks: np.ndarray, start: int, stop: int) -> np.ndarray:
-    # blocks [R, nb, block_bytes] -> bytes start:stop of every block, as [R, nb * (stop - start)]
-    rows, nb = blocks.shape[:2]
-    out = np.empty((rows, nb, stop - start), np.uint8)
-    out[...] = blocks[:, :, start:stop]  # (several times faster than np.ascontiguousarray here)
-    return out.reshape(rows, -1)
-
-
 def _repack(rows_u8: np.ndarray, t: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 [R, row_bytes] in GGUF order -> (q, s1, s2) planes, same total bytes."""
-    rows = rows_u8.shape[0]
-    empty = np.empty((rows, 0), np.uint8)
-    if t not in (Q8_0, Q4_0, Q4_1, Q5_0):  # dense and K-quant rows are used as they are
-        return np.ascontiguousarray(rows_u8), empty, empty
-    blocks = rows_u8.reshape(rows, -1, BLOCK_LAYOUT[t][1])
-    d = _field(blocks, 0, 2)
-    if t == Q8_0:
-        return _field(blocks, 2, 34), d, empty
-    if t == Q4_0:
-        return _field(blocks, 2, 18), d, empty
-    if t == Q4_1:
-        return _field(blocks, 4, 20), d, _field(blocks, 2, 4)
-    return _field(blocks, 6, 22), d, _field(blocks, 2, 6)  # Q5_0: qs, d, qh
+    if t in blocks32.DEQUANT_REF:
+        return blocks32.to_planes(rows_u8, t)
+    empty = np.empty((rows_u8.shape[0], 0), np.uint8)  # dense and K-quant rows are used as they are
+    return np.ascontiguousarray(rows_u8), empty, empty
 
 
 def _unpack(planes, t: int) -> np.ndarray:
     """Inverse of _repack: planes -> uint8 [R, row_bytes] in GGUF order."""
-    q, s1, s2 = planes
-    if t not in (Q8_0, Q4_0, Q4_1, Q5_0):
-        return q
-    rows, nb = q.shape[0], s1.shape[1] // 2
-    parts = [s1.reshape(rows, nb, 2)]
-    if t in (Q4_1, Q5_0):
-        parts.append(s2.reshape(rows, nb, -1))
-    parts.append(q.reshape(rows, nb, -1))
-    return np.concatenate(parts, axis=2).reshape(rows, -1)
+    return blocks32.from_planes(planes, t) if t in blocks32.DEQUANT_REF else planes[0]
 
 
 def _use_reference() -> bool:
@@ -247,18 +135,6 @@ def _use_reference() -> bool:
 
 
 _scratch = threading.local()
-
-
-_KERNELS = []
-
-
-def _kernels():
-    """The Numba kernels module, imported on first use (importing it loads Numba's extension API)."""
-    if not _KERNELS:
-        from . import kernels
-
-        _KERNELS.append(kernels)
-    return _KERNELS[0]
 
 
 def _tile_buffer(rows: int, cols: int) -> np.ndarray:
@@ -285,7 +161,7 @@ class QuantizedWeight:
 
     def _addresses(self):
         if self._pl is None:
-            self._pl = _kernels().plane_addresses(self._planes)
+            self._pl = kernels.plane_addresses(self._planes)
         return self._pl
 
     # -- construction -----------------------------------------------------
@@ -364,7 +240,7 @@ class QuantizedWeight:
             raw = self.raw()[r0:r1]
             out[...] = dequantize_ref(raw, self.ggml_type, (r1 - r0, self.shape[1]))
         else:
-            _kernels().dequant_rows(self.ggml_type, self._addresses(), r0, out, parallel)
+            kernels.dequant_rows(self.ggml_type, self._addresses(), r0, out, parallel)
         return out
 
     def take_rows(self, ids) -> np.ndarray:
@@ -410,7 +286,7 @@ class QuantizedWeight:
         elif n >= PREFILL_MIN_N:
             self._matmul_tiles(x2, out)
         else:
-            _kernels().matvec(self.ggml_type, self._addresses(), x2, out)
+            kernels.matvec(self.ggml_type, self._addresses(), x2, out)
         return out[0] if vector else out
 
     def _matmul_tiles(self, x: np.ndarray, out: np.ndarray) -> None:
