@@ -1,6 +1,6 @@
 """Fuzzing the file readers: malformed GGUF and safetensors files fail clearly, never crash.
 
-Each test writes a small valid model (a 2-layer llama GGUF with Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K/
+Each test writes a small valid model (a 2-layer llama GGUF with Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL/Q4_K/Q6_K/
 F16/BF16/F32 tensors and a tokenizer; an HF directory with config.json and model.safetensors),
 mutates it, and loads every mutant through ``npllm.load`` (``read_checkpoint``,
 ``CausalLM.from_tensors`` and the tokenizer) and a forward pass, in ONE long-lived worker subprocess (tests/_fuzz_worker.py) with
@@ -1055,12 +1055,14 @@ def test_safetensors_hypothesis_header_edits(runner, base_safetensors, data):
     assert failure is None, failure
 
 
-_SUPPORTED = [0, 1, 2, 3, 6, 8, 12, 14, 30]
+from npllm.quant import BLOCK_LAYOUT  # noqa: E402
+
+_SUPPORTED = sorted(BLOCK_LAYOUT)  # every type npllm loads, the six added for the families included
 
 
 @settings(max_examples=60, **_NO_SHRINK)
 @given(api=st.sampled_from(["dequantize", "from_raw", "as_array_or_quantized"]),
-       ggml_type=st.sampled_from(_SUPPORTED) | st.sampled_from([7, 10, 99, -1, 2**31, 2**63]),
+       ggml_type=st.sampled_from(_SUPPORTED) | st.sampled_from([16, 34, 99, -1, 2**31, 2**63]),
        shape=st.lists(st.sampled_from([1, 3, 256, 512]), min_size=2, max_size=2)
        | st.lists(st.sampled_from([1, 2, 32, 64, 256, 0, -32, 31, 2**31, 2**32, 2**62]), min_size=1, max_size=3),
        size=st.sampled_from(["exact", "exact", "exact", "minus1", "plus1", "zero", "small"]), seed=st.integers(0, 2**16))
