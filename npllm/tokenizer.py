@@ -62,6 +62,8 @@ class Tokenizer:
         self.special_tokens = {"bos_token": bos_token, "eos_token": eos_token,
                                "pad_token": pad_token, "unk_token": unk_token}
         self._extra_eos = [int(i) for i in extra_eos_token_ids]
+        # Where a chat template would have come from (named when there is none).
+        self.template_source = "tokenizer.chat_template / tokenizer_config.json"
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -126,8 +128,10 @@ class Tokenizer:
         add_bos, add_eos = config.get("add_bos_token"), config.get("add_eos_token")
         if add_bos is not None or add_eos is not None:
             _set_bos_eos_processor(backend, tokens, add_bos, add_eos)
-        return cls(backend, chat_template=template, extra_eos_token_ids=extra, name_or_path=path,
-                   add_bos_token=add_bos, add_eos_token=add_eos, **tokens)
+        tok = cls(backend, chat_template=template, extra_eos_token_ids=extra, name_or_path=path,
+                  add_bos_token=add_bos, add_eos_token=add_eos, **tokens)
+        tok.template_source = "chat_template in tokenizer_config.json, no chat_template.jinja"
+        return tok
 
     # ------------------------------------------------------------ ids
     def _id(self, name: str) -> Optional[int]:
@@ -231,10 +235,9 @@ class Tokenizer:
             template = select_template(self.chat_template, template)
         if template is None:
             raise ChatTemplateError(
-                f"{self.name_or_path or 'this tokenizer'} has no chat template (no tokenizer.chat_template in "
-                "the GGUF metadata, no chat_template in tokenizer_config.json); supply one with "
-                "apply_chat_template(..., chat_template=TEMPLATE_TEXT), or on the command line with "
-                "--chat-template FILE")
+                f"{self.name_or_path or 'this tokenizer'} has no chat template (no {self.template_source}); "
+                "supply one with apply_chat_template(..., chat_template=TEMPLATE_TEXT), or on the command "
+                "line with --chat-template FILE")
         variables = {k: v for k, v in self.special_tokens.items() if v is not None}
         variables.update(kwargs)
         text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt, **variables)
@@ -304,8 +307,10 @@ def _tokenizer_from_gguf_metadata(cls, md: Dict[str, Any], pre_override: Optiona
     backend, names, add_bos, add_eos = backend_from_gguf_metadata(md, pre_override)
     _set_bos_eos_processor(backend, names, add_bos, add_eos)
     template = md.get("tokenizer.chat_template")
-    return cls(backend, chat_template=template if isinstance(template, str) else None, name_or_path=where,
-               add_bos_token=add_bos, add_eos_token=add_eos, **names)
+    tok = cls(backend, chat_template=template if isinstance(template, str) else None, name_or_path=where,
+              add_bos_token=add_bos, add_eos_token=add_eos, **names)
+    tok.template_source = "tokenizer.chat_template in the GGUF metadata"
+    return tok
 
 
 def _set_bos_eos_processor(backend, names, add_bos, add_eos) -> None:
