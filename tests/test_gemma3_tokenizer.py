@@ -102,6 +102,17 @@ def test_where_transformers_deviates_ids_follow_llama_cpp(tok, hf_reference, tex
         assert tok.decode(LLAMA_CPP[text]) == text
 
 
+def test_ids_equal_llama_cpp_on_its_recorded_strings(tok):
+    """data/llama_cpp_ids.json (see data/make_llama_cpp_ids.py): 144 strings, incl. runs of 40 spaces."""
+    import json
+
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "llama_cpp_ids.json"),
+              encoding="utf-8") as f:
+        reference = json.load(f)["vocabularies"]["gemma3-270m"]
+    assert len(reference) >= 100
+    assert [tok.encode(t, add_special_tokens=False) for t, _ in reference] == [ids for _, ids in reference]
+
+
 @pytest.mark.parametrize("text", sorted(LLAMA_CPP_SPECIAL))
 def test_control_and_user_defined_tokens_match_whole(tok, text):
     assert tok.encode(text, add_special_tokens=False) == LLAMA_CPP_SPECIAL[text]

@@ -17,6 +17,7 @@ References, in order of authority:
    (join the best-scored adjacent pair, leftmost first), run on vocabularies read with gguf-py.
 """
 
+import json
 import os
 import unicodedata
 from functools import lru_cache
@@ -114,6 +115,25 @@ LLAMA_CPP_SPECIAL = {
               "<|system|>  x</s>  y": [32006, 921, 2, 343], "<s> z<|endoftext|> w": [1, 29871, 503, 32000, 29871, 281]},
     "gemma-4": {"<|turn>user\nhi<turn|>\n": [105, 2364, 107, 2202, 106, 107], "a  b   c": [236746, 138, 236763, 139, 236755]},
 }
+
+
+@lru_cache(maxsize=None)
+def llama_cpp_ids():
+    """data/llama_cpp_ids.json: llama.cpp's ids for 144 extra strings per vocabulary (curated multilingual,
+    whitespace and code strings, and seeded random ones); see data/make_llama_cpp_ids.py."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "llama_cpp_ids.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["vocabularies"]
+
+
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3", "gemma-4", "llama-bpe", "qwen2", "gpt-2", "deepseek-llm",
+                                  "falcon"])
+def test_ids_equal_llama_cpp_on_extra_strings(tok, name):
+    t, reference = tok(name), llama_cpp_ids()[name]
+    assert len(reference) >= 100
+    wrong = [(text, ids, t.encode(text, add_special_tokens=False)) for text, ids in reference
+             if t.encode(text, add_special_tokens=False) != ids]
+    assert not wrong, f"{name}: {len(wrong)} of {len(reference)} differ, first: {wrong[0]}"
 
 
 @pytest.mark.parametrize("name", VOCABS)
