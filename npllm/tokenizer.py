@@ -10,8 +10,9 @@ following the learned merge list, best merge first.
 behind ``transformers``' fast tokenizers) and can be built from
 
 - an HF directory (``tokenizer.json`` + ``tokenizer_config.json``), or
-- a GGUF file's metadata (``tokenizer.ggml.tokens/merges/token_type/pre``),
-  the way llama.cpp and ``transformers.integrations.ggml`` read it.
+- a GGUF file's metadata (``tokenizer.ggml.*``): byte-level BPE or SentencePiece
+  BPE (Llama 2, Mistral, Phi-3, Gemma), rebuilt by ``tokenizer_gguf.py`` the way
+  llama.cpp reads it.
 
     tok = Tokenizer.from_pretrained("smollm2-135m-instruct")
     ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
