@@ -19,6 +19,8 @@ kinds of vocabulary are common:
   becomes its UTF-8 bytes, the tokens ``<0x00>``..``<0xFF>`` ("byte
   fallback").  ``tokenizer.ggml.add_space_prefix`` (default true) puts a "▁"
   in front of the text, and llama.cpp does so again after every special token.
+  Gemma 4 (``model = "gemma4"``) is the same kind of tokenizer with its merges
+  written out.
 
 Which behaviour is followed.  The references are llama.cpp's tokenizer on the
 same file (``src/llama-vocab.cpp``) and the original model's ``tokenizer.json``
@@ -32,7 +34,8 @@ a few places, and npllm does not follow it there:
   transformers' phi3 builder matches SentencePiece here.
 - Gemma: transformers respells the user-defined whitespace tokens ("  ", "   ")
   as "▁" runs reached by merges; llama.cpp matches them whole in the text, as
-  npllm does (they differ on runs longer than the longest such token).
+  npllm does (they differ on runs longer than the longest such token, and on
+  a literal "▁" next to spaces).
 - Phi-3: llama.cpp (and Phi-3's tokenizer.json) strip the whitespace after
   the chat tokens (``<|user|>\\n``); transformers keeps it.
 - ``llama-bpe`` and ``tekken``: the models' tokenizer.json and llama.cpp emit a
@@ -40,15 +43,24 @@ a few places, and npllm does not follow it there:
   merges it.
 - ``qwen2``: Qwen2's tokenizer.json applies Unicode NFC first; transformers and
   llama.cpp do not (they differ on decomposed accents such as ``e\\u0301``).
-- ``smollm``/``starcoder``/``refact``/``command-r``: digits are split one by one
-  before the GPT-2 regex; transformers uses the GPT-2 regex alone.
+- ``smollm``, ``starcoder``, ``refact``, ``command-r``, ``falcon``, ``deepseek-llm``,
+  ``deepseek-coder``: transformers knows none of these and uses GPT-2's regex
+  (they split digits first, or have their own splits).
 - BOS: SentencePiece files without ``add_bos_token`` add BOS (as llama.cpp and
   transformers do); ``llama-bpe`` and ``tekken`` files without it add BOS too
   (llama.cpp and Llama 3's tokenizer.json do; transformers does not).
+  transformers drops control tokens not spelled in the byte alphabet, so for
+  DeepSeek it adds a new BOS token past the vocabulary.
 
-Special tokens are always matched whole in the text (as ``tokenizers`` and
-llama.cpp with ``parse_special=true`` do); llama.cpp's default tokenizes a
-control token's text as plain text instead.
+Where npllm differs from llama.cpp (following ``tokenizer.json``): Qwen2's NFC;
+llama.cpp treats the text ``</s>`` (and other end-of-generation spellings) as a
+control token even where the vocabulary says it is ordinary text; Phi-3's
+rstrip removes any Unicode whitespace (llama.cpp: ASCII only); when special
+tokens overlap in the text, ``tokenizers`` takes the leftmost-longest one and
+llama.cpp the longest; SentencePiece joins equal-scored pairs leftmost first,
+the merge list ranks them by token id.  Special tokens are always matched
+whole in the text (as ``tokenizers`` and llama.cpp with ``parse_special=true``
+do); llama.cpp's default tokenizes a control token's text as plain text.
 """
 
 from __future__ import annotations
@@ -112,6 +124,12 @@ class BytePre:
     add_bos: bool = False  # llama.cpp's default when the file has no add_bos_token
 
 
+# Checked against a real vocabulary's reference ids (tests/test_tokenizer_families.py): gpt-2, mpt,
+# starcoder, refact, command-r, falcon, deepseek-llm, deepseek-coder, qwen2, qwen35, llama-bpe.
+# phi-2, olmo, codeshell, llama3, llama-v3, falcon3 and deepseek-r1-qwen get a checked entry's steps,
+# as in llama.cpp; tekken follows llama.cpp, unchecked.  "default" (also a missing value) and "gpt2"
+# (npllm's name for transformers' choice) mean GPT-2's regex, as in transformers; llama.cpp has a
+# falcon-like fallback list for "default" instead (an old file without the value is ambiguous).
 _STARCODER = BytePre((_ONE_DIGIT, _GPT2))
 _QWEN2_PRE = BytePre((("split", _QWEN2), _BYTES), nfc=True)
 _LLAMA3_PRE = BytePre((("split", _LLAMA3), _BYTES), ignore_merges=True, add_bos=True)
@@ -125,7 +143,7 @@ BYTE_LEVEL_PRE: Dict[str, BytePre] = {
                              ("split", r"\s+$"), ("split", _CJK), ("split", r"\p{N}+"), _BYTES)),
     "deepseek-coder": BytePre((("split", "[\r\n]"), ("split", r"\s?\p{L}+"), ("split", r"\s?\p{P}+"),
                                ("split", _CJK), _ONE_DIGIT, _BYTES)),
-    "qwen2": _QWEN2_PRE, "deepseek-r1-qwen": _QWEN2_PRE,
+    "qwen2": _QWEN2_PRE, "deepseek-r1-qwen": BytePre((("split", _QWEN2), _BYTES)),  # (its NFC is unverified)
     "qwen35": BytePre((("split", _QWEN35), _BYTES)),
     "llama-bpe": _LLAMA3_PRE, "llama3": _LLAMA3_PRE, "llama-v3": _LLAMA3_PRE, "falcon3": _LLAMA3_PRE,
     "tekken": BytePre((("split", _TEKKEN), _BYTES), ignore_merges=True, add_bos=True),

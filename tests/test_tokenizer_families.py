@@ -26,7 +26,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from npllm.chat import ChatTemplateError
 from npllm.errors import ModelFormatError
 from npllm.tokenizer import Tokenizer
 from npllm.tokenizer_gguf import merges_from_scores
@@ -113,7 +112,8 @@ LLAMA_CPP_SPECIAL = {
     "llama-spm": {"<s>hi</s> there": [1, 7251, 2, 29871, 727], "a</s>b": [263, 2, 289], " <unk>x": [259, 0, 921]},
     "phi-3": {"<|user|>\nHi<|end|>\n<|assistant|>\n": [32010, 6324, 32007, 32001],
               "<|system|>  x</s>  y": [32006, 921, 2, 343], "<s> z<|endoftext|> w": [1, 29871, 503, 32000, 29871, 281]},
-    "gemma-4": {"<|turn>user\nhi<turn|>\n": [105, 2364, 107, 2202, 106, 107], "a  b   c": [236746, 138, 236763, 139, 236755]},
+    "gemma-4": {"<|turn>user\nhi<turn|>\n": [105, 2364, 107, 2202, 106, 107],
+                "a  b   c": [236746, 138, 236763, 139, 236755]},
 }
 
 
