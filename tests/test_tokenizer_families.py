@@ -158,16 +158,22 @@ def test_special_tokens_in_text_follow_llama_cpp(tok, name, text, ids):
 # strings (npllm follows the reference, see npllm/tokenizer_gguf.py):
 #   llama-spm: its Metaspace(prepend_scheme="first") neither doubles a leading space nor honours
 #              add_space_prefix, so every string that starts with " " differs;
-#   llama-bpe: no ignore_merges;   deepseek-coder: the GPT-2 regex instead of DeepSeek's splits.
+#   llama-bpe: no ignore_merges;
+#   deepseek-coder, starcoder: GPT-2's regex instead of the model's splits (digits first), which
+#              shows on "½" (a number that is not a digit) in these strings.
+# (It cannot load command-r, refact, mpt or gemma-4 files; on falcon, GPT-2's regex differs on 9.)
 HF_DEVIATES = {
     "llama-spm": lambda text: text.startswith(" "),
     "llama-bpe": lambda text: text == "Cửa Việt",
     "deepseek-coder": lambda text: text == "ied 4 ½ months",
+    "starcoder": lambda text: text == "ied 4 ½ months",
     "phi-3": lambda text: False, "gpt-2": lambda text: False, "qwen2": lambda text: False,
+    "qwen35": lambda text: False,
 }
 # The BOS transformers adds.  It adds none for Llama 3 and a new token 32257 for DeepSeek Coder
 # (it skips the control token <｜begin▁of▁sentence｜>, id 32013, whose text is not byte-level).
-HF_BOS = {"llama-spm": 1, "phi-3": 1, "gpt-2": None, "qwen2": None, "llama-bpe": None, "deepseek-coder": 32257}
+HF_BOS = {"llama-spm": 1, "phi-3": 1, "gpt-2": None, "qwen2": None, "qwen35": None, "starcoder": None,
+          "llama-bpe": None, "deepseek-coder": 32257}
 
 
 @pytest.fixture(scope="session")
@@ -192,7 +198,8 @@ def test_transformers_gguf_tokenizer_agrees_except_where_documented(tok, hf_gguf
             assert t.encode(text, add_special_tokens=False) == theirs
         assert t.decode(ids) == hf.decode(ids)
         assert t.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
-    assert any(deviates(text) for text, _ in cases(name)) == (name in ("llama-spm", "llama-bpe", "deepseek-coder"))
+    assert any(deviates(text) for text, _ in cases(name)) == \
+        (name in ("llama-spm", "llama-bpe", "deepseek-coder", "starcoder"))
     added = hf.encode("Hello")[:-len(hf.encode("Hello", add_special_tokens=False))]
     assert added == ([HF_BOS[name]] if HF_BOS[name] is not None else [])
     if HF_BOS[name] == LLAMA_CPP_BOS[name]:
