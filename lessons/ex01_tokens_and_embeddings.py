@@ -1,9 +1,10 @@
 """Lesson 01 example: bytes, byte-level BPE (a toy trainer and the real SmolLM2 merges), special
-tokens, streaming decode, embeddings and weight tying.
+tokens, streaming decode, embeddings and weight tying, SentencePiece BPE (toy and Gemma 3's).
 
 Run: python -m lessons 1   (or python -m lessons.ex01_tokens_and_embeddings [--quick])
-Reads: npllm/tokenizer.py (Tokenizer, byte_alphabet, IncrementalDecoder), npllm/io/gguf.py
-(read_gguf_metadata), npllm/quant/weight.py (QuantizedWeight.take_rows), npllm/model.py (CausalLM._embed).
+Reads: npllm/tokenizer.py (Tokenizer, IncrementalDecoder), npllm/tokenizer_gguf.py (byte_alphabet,
+merges_from_scores), npllm/io/gguf.py (read_gguf_metadata), npllm/quant/weight.py
+(QuantizedWeight.take_rows), npllm/model.py (CausalLM._embed).
 """
 
 import sys
@@ -170,16 +171,76 @@ def embeddings(model, tok, quick):
           {w: bool(np.argmax(scores[:, k]) == wid[k]) for k, w in enumerate(words)})
 
 
+# ============================================================== SentencePiece BPE
+def sentencepiece_bpe():
+    heading("[1.9] SentencePiece BPE: no merge list, the scores are the merge priorities")
+    from npllm.tokenizer import Tokenizer
+    from npllm.tokenizer_gguf import merges_from_scores
+
+    words = " ".join("\u2581" + w for w in TOY_CORPUS.split())   # SentencePiece spells a space as "▁"
+    learned, _ = toy_bpe_train(words, 10)
+    chars = sorted(set(words.replace(" ", "")))
+    pieces = [a + b for a, b, _ in learned]
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]   # + byte-fallback tokens
+    tokens = specials + chars + pieces
+    scores = [0.0] * len(specials) + [-1000.0] * len(chars) + [-float(k) for k in range(len(pieces))]
+    md = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
+          "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * (len(chars) + len(pieces))}
+    recovered = merges_from_scores(tokens, scores)
+    print(f"{len(learned)} merges learned by toy_bpe_train; as a SentencePiece vocabulary: {len(tokens)} tokens, "
+          f"a score each (merge k -> score -k), no merge list")
+    table(["piece", "score", "cuts of it that merges_from_scores lists"],
+          [(repr(p), -k, ", ".join(f"{a!r}+{b!r}" for a, b in recovered if a + b == p)) for k, p in enumerate(pieces)])
+    tok = Tokenizer.from_gguf(md)
+    ranks = {(a, b): k for k, (a, b, _) in enumerate(learned)}
+    for text in ("lowest", "slower", " lowest", "lowest 猫"):
+        ids = tok.encode(text, add_special_tokens=False)
+        by_hand = bpe_apply(list("\u2581" + text.replace(" ", "\u2581")), ranks)[-1]
+        print(f"{text!r:12} -> {[tok.id_to_token(i) for i in ids]}  decode -> {tok.decode(ids)!r}"
+              f"  (bpe_apply on the learned merges: {by_hand})")
+
+
+def gemma_vocabulary(quick):
+    heading("[1.10] Gemma 3's SentencePiece vocabulary: no space prefix, whitespace and HTML tokens")
+    import importlib.util
+    import time
+
+    from npllm.io.gguf import read_gguf_metadata
+    from npllm.models import ALIASES, resolve_model
+    from npllm.tokenizer import Tokenizer
+    from npllm.tokenizer_gguf import merges_from_scores
+
+    if importlib.util.find_spec(ALIASES["gemma3-270m"].module) is None:
+        print(f"(the gemma3-270m model is not installed: {ALIASES['gemma3-270m'].install_command})")
+        return
+    md = read_gguf_metadata(resolve_model("gemma3-270m"))
+    tokens, types = md["tokenizer.ggml.tokens"], md["tokenizer.ggml.token_type"]
+    names = {1: "normal", 2: "unknown", 3: "control", 4: "user-defined", 5: "unused", 6: "byte"}
+    counts = Counter(names[t] for t in types)
+    print(f"{len(tokens)} tokens: {dict(counts)}; add_space_prefix = {md.get('tokenizer.ggml.add_space_prefix')}, "
+          f"merges in the file: {len(md.get('tokenizer.ggml.merges', []))}")
+    user = [t for t, ty in zip(tokens, types) if ty == 4]
+    print(f"some user-defined tokens: {user[:3] + user[31:34] + user[62:68]}")
+    t0 = time.perf_counter()
+    n = len(merges_from_scores(tokens, md["tokenizer.ggml.scores"]))
+    print(f"merges_from_scores: {n} merges in {time.perf_counter() - t0:.1f} s")
+    tok = Tokenizer.from_gguf(md)
+    for text in ("Hello", " Hello", "def f():\n        return 1", "<b>bold</b>\n\n\n", "<start_of_turn>user"):
+        ids = tok.encode(text, add_special_tokens=False)
+        print(f"{text!r:32} -> {len(ids)} tokens {[tok.id_to_token(i) for i in ids]}")
+
+
 def main(quick: bool = False) -> None:
     bytes_and_alphabet()
     toy_bpe()
     pair = default_model()
-    if pair is None:
-        return
-    model, tok = pair
-    real_tokenizer(tok, quick)
-    specials_and_streaming(tok)
-    embeddings(model, tok, quick)
+    if pair is not None:
+        model, tok = pair
+        real_tokenizer(tok, quick)
+        specials_and_streaming(tok)
+        embeddings(model, tok, quick)
+    sentencepiece_bpe()
+    gemma_vocabulary(quick)
 
 
 if __name__ == "__main__":

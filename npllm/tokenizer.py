@@ -10,8 +10,9 @@ following the learned merge list, best merge first.
 behind ``transformers``' fast tokenizers) and can be built from
 
 - an HF directory (``tokenizer.json`` + ``tokenizer_config.json``), or
-- a GGUF file's metadata (``tokenizer.ggml.tokens/merges/token_type/pre``),
-  the way llama.cpp and ``transformers.integrations.ggml`` read it.
+- a GGUF file's metadata (``tokenizer.ggml.*``): byte-level BPE or SentencePiece
+  BPE (Llama 2, Mistral, Phi-3, Gemma), rebuilt by ``tokenizer_gguf.py`` the way
+  llama.cpp reads it.
 
     tok = Tokenizer.from_pretrained("smollm2-135m-instruct")
     ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
@@ -36,45 +37,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from .chat import ChatTemplateError, render_chat_template, select_template
 from .errors import GenerationParameterError, ModelFormatError, ModelNotFoundError
+from .tokenizer_gguf import (  # noqa: F401  (re-exported: the GGUF builders live in tokenizer_gguf.py)
+    BYTE_LEVEL_PRE, TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED, TOKEN_USER_DEFINED,
+    backend_from_gguf_metadata, byte_alphabet)
 
 Messages = List[Dict[str, Any]]
 
-# llama.cpp's token types (tokenizer.ggml.token_type)
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
-
-# Pre-tokenizer regexes by ``tokenizer.ggml.pre`` (the names llama.cpp's converter writes).
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-PRE_TOKENIZERS = {
-    "gpt2": "gpt2", "default": "gpt2",  # GPT-2's regex inside ByteLevel
-    "smollm": "digits", "starcoder": "digits",  # each digit alone, then GPT-2's regex
-    "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
-    "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT,
-}
 # End-of-turn markers of common chat formats; stop_token_ids adds the ones the template uses.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-_MAX_VOCAB = 1 << 22
-
-
-def byte_alphabet() -> Dict[int, str]:
-    """GPT-2's byte -> printable character table used by byte-level BPE vocabularies.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls,
-    space, ...) are given the characters 256, 257, ... in byte order, so a space
-    (0x20) becomes 'Ġ' (U+0120) and a newline 'Ċ'.
-    """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 class Tokenizer:
@@ -82,13 +52,19 @@ class Tokenizer:
 
     def __init__(self, backend, *, bos_token: Optional[str] = None, eos_token: Optional[str] = None,
                  pad_token: Optional[str] = None, unk_token: Optional[str] = None,
-                 chat_template=None, extra_eos_token_ids: Sequence[int] = (), name_or_path: str = ""):
+                 chat_template=None, extra_eos_token_ids: Sequence[int] = (), name_or_path: str = "",
+                 add_bos_token: Optional[bool] = None, add_eos_token: Optional[bool] = None):
         self.backend = backend  # tokenizers.Tokenizer
         self.name_or_path = name_or_path
+        # What encode(add_special_tokens=True) adds (None: whatever tokenizer.json's post-processor does).
+        self.add_bos_token = add_bos_token
+        self.add_eos_token = add_eos_token
         self.chat_template = chat_template  # str, or HF's list of {"name", "template"}
         self.special_tokens = {"bos_token": bos_token, "eos_token": eos_token,
                                "pad_token": pad_token, "unk_token": unk_token}
         self._extra_eos = [int(i) for i in extra_eos_token_ids]
+        # Where a chat template would have come from (named when there is none).
+        self.template_source = "tokenizer.chat_template / tokenizer_config.json"
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -150,8 +126,13 @@ class Tokenizer:
         gen = _read_json_if_exists(os.path.join(path, "generation_config.json"))
         extra = gen.get("eos_token_id")
         extra = extra if isinstance(extra, list) else ([extra] if isinstance(extra, int) else [])
-        _set_bos_eos_processor(backend, tokens, config.get("add_bos_token"), config.get("add_eos_token"))
-        return cls(backend, chat_template=template, extra_eos_token_ids=extra, name_or_path=path, **tokens)
+        add_bos, add_eos = config.get("add_bos_token"), config.get("add_eos_token")
+        if add_bos is not None or add_eos is not None:
+            _set_bos_eos_processor(backend, tokens, add_bos, add_eos)
+        tok = cls(backend, chat_template=template, extra_eos_token_ids=extra, name_or_path=path,
+                  add_bos_token=add_bos, add_eos_token=add_eos, **tokens)
+        tok.template_source = "chat_template in tokenizer_config.json, no chat_template.jinja"
+        return tok
 
     # ------------------------------------------------------------ ids
     def _id(self, name: str) -> Optional[int]:
@@ -254,8 +235,10 @@ class Tokenizer:
         elif isinstance(self.chat_template, list) and "{" not in template:  # a template's name
             template = select_template(self.chat_template, template)
         if template is None:
-            raise ChatTemplateError(f"{self.name_or_path or 'this tokenizer'} has no chat template; "
-                                    "pass chat_template=...")
+            raise ChatTemplateError(
+                f"{self.name_or_path or 'this tokenizer'} has no chat template (no {self.template_source}); "
+                "supply one with apply_chat_template(..., chat_template=TEMPLATE_TEXT), or on the command "
+                "line with --chat-template FILE")
         variables = {k: v for k, v in self.special_tokens.items() if v is not None}
         variables.update(kwargs)
         text = render_chat_template(template, messages, add_generation_prompt=add_generation_prompt, **variables)
@@ -322,87 +305,19 @@ class IncrementalDecoder:
 
 # ------------------------------------------------------------------ GGUF
 def _tokenizer_from_gguf_metadata(cls, md: Dict[str, Any], pre_override: Optional[str], where: str):
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as Backend
-
-    kind = md.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ModelFormatError(
-            f"tokenizer.ggml.model = {kind!r} is not supported (npllm builds byte-level BPE, 'gpt2'; "
-            "for other tokenizers use an HF directory with tokenizer.json)")
-    tokens = md.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not 0 < len(tokens) <= _MAX_VOCAB or \
-            not all(isinstance(t, str) for t in tokens):
-        raise ModelFormatError("tokenizer.ggml.tokens must be a non-empty list of strings")
-    types = md.get("tokenizer.ggml.token_type", [TOKEN_NORMAL] * len(tokens))
-    if not isinstance(types, list) or len(types) != len(tokens):
-        raise ModelFormatError(f"tokenizer.ggml.token_type must list one type per token ({len(tokens)})")
-    merges = md.get("tokenizer.ggml.merges")
-    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
-        raise ModelFormatError("tokenizer.ggml.merges must be a list of strings")
-
-    # Normal tokens are spelled in the byte alphabet; respell any that are not
-    # (as transformers does).  Control/user-defined tokens keep their text: they
-    # are matched whole in the input, never produced by merges.
-    alphabet = set(byte_alphabet().values())
-    spell = byte_alphabet()
-    vocab: Dict[str, int] = {}
-    specials, added = [], []
-    for i, (tok, ttype) in enumerate(zip(tokens, types)):
-        if ttype in (TOKEN_CONTROL, TOKEN_USER_DEFINED):
-            (specials if ttype == TOKEN_CONTROL else added).append(tok)
-        elif not set(tok) <= alphabet:
-            tok = "".join(spell[b] for b in tok.encode("utf-8"))
-        if tok in vocab:
-            raise ModelFormatError(f"tokenizer.ggml.tokens: token {tok!r} appears twice (ids {vocab[tok]} and {i})")
-        vocab[tok] = i
-    pairs = []
-    for m in merges:
-        parts = m.split(" ")
-        if len(parts) != 2 or parts[0] not in vocab or parts[1] not in vocab or parts[0] + parts[1] not in vocab:
-            raise ModelFormatError(f"tokenizer.ggml.merges: invalid merge {m!r}")
-        pairs.append((parts[0], parts[1]))
-
-    pre = pre_override or md.get("tokenizer.ggml.pre") or "default"
-    if pre not in PRE_TOKENIZERS:
-        raise ModelFormatError(f"tokenizer.ggml.pre = {pre!r} is not supported (known: {sorted(PRE_TOKENIZERS)})")
-    try:
-        backend = Backend(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
-    except Exception as e:  # tokenizers raises a bare Exception
-        raise ModelFormatError(f"cannot build the BPE tokenizer ({e})") from None
-    split = PRE_TOKENIZERS[pre]
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split in ("gpt2", "digits"))
-    if split == "gpt2":
-        backend.pre_tokenizer = byte_level
-    elif split == "digits":
-        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
-
-    n = len(tokens)
-    names = {}
-    for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                      ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")):
-        value = md.get("tokenizer.ggml." + key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n):
-            raise ModelFormatError(f"tokenizer.ggml.{key} = {value!r} is not a token id in [0, {n})")
-        names[name] = None if value is None else backend.id_to_token(value)
-    _set_bos_eos_processor(backend, names, md.get("tokenizer.ggml.add_bos_token"),
-                           md.get("tokenizer.ggml.add_eos_token"))
+    backend, names, add_bos, add_eos = backend_from_gguf_metadata(md, pre_override)
+    _set_bos_eos_processor(backend, names, add_bos, add_eos)
     template = md.get("tokenizer.chat_template")
-    return cls(backend, chat_template=template if isinstance(template, str) else None, name_or_path=where, **names)
+    tok = cls(backend, chat_template=template if isinstance(template, str) else None, name_or_path=where,
+              add_bos_token=add_bos, add_eos_token=add_eos, **names)
+    tok.template_source = "tokenizer.chat_template in the GGUF metadata"
+    return tok
 
 
 def _set_bos_eos_processor(backend, names, add_bos, add_eos) -> None:
-    """Honour explicit add_bos_token/add_eos_token flags (both absent: keep the file's post-processor)."""
+    """A post-processor that adds bos and/or eos as the flags say (both false: adds nothing)."""
     from tokenizers import processors
 
-    if add_bos is None and add_eos is None:
-        return
     bos = names.get("bos_token") if add_bos else None
     eos = names.get("eos_token") if add_eos else None
     single = ([f"{bos}:0"] if bos else []) + ["$A:0"] + ([f"{eos}:0"] if eos else [])

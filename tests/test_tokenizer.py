@@ -221,7 +221,8 @@ def test_tiny_gguf_tokenizer_builds(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"tokenizer_model": "llama"}, "tokenizer.ggml.model"),
+    ({"tokenizer_model": "bert"}, "tokenizer.ggml.model"),
+    ({"tokenizer_model": "llama"}, "tokenizer.ggml.scores"),  # SentencePiece needs its scores
     ({"pre": "mystery-pre"}, "mystery-pre"),
     ({"merges": ["Ġ t", "q zzz"]}, "merge"),
     ({"metadata": {"tokenizer.ggml.eos_token_id": ("uint32", 99999)}}, "eos_token_id"),
