@@ -32,4 +32,5 @@ lessons: install model
 bench: install model
 	$(PIP) install -q "torch==2.13.0" transformers accelerate psutil llama-cpp-python
 	$(PYTHON) benchmarks/bench_generate.py
+	$(PYTHON) benchmarks/bench_generate.py --model gemma3-270m --engines npllm,llama.cpp --out benchmarks/results/gemma3.json
 	$(PYTHON) benchmarks/bench_memory.py

@@ -3,6 +3,8 @@
     python benchmarks/bench_generate.py                      # all installed engines, 3 rounds
     python benchmarks/bench_generate.py --quick              # 32 new tokens, 1 round
     python benchmarks/bench_generate.py --engines npllm,llama.cpp --threads 2 --model M.gguf
+    python benchmarks/bench_generate.py --model gemma3-270m --engines npllm,llama.cpp \
+        --out benchmarks/results/gemma3.json                 # an alias: Gemma-3-270M Q4_K_M
 
 Every engine runs in its own child process (``--child ENGINE``), engines alternate
 round after round, and the table shows the median of the rounds. The columns:
@@ -97,6 +99,16 @@ def default_model_path():
     if spec is None or not spec.submodule_search_locations:
         return None
     return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def resolve_alias(name):
+    """An npllm alias (``gemma3-270m``) -> its GGUF path; anything else is returned unchanged."""
+    repo_root = os.path.dirname(HERE)
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)
+    from npllm.models import ALIASES, resolve_model
+
+    return resolve_model(name) if name.lower() in ALIASES else name
 
 
 def cpu_model():
@@ -436,7 +448,8 @@ def write_report(args, command, engines, results, rounds_done):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=default_model_path(), help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--model", default=default_model_path(),
+                   help="GGUF file or npllm alias, e.g. gemma3-270m (default: SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: " + ",".join(ENGINES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="rounds; the table shows medians")
@@ -453,6 +466,8 @@ def parse_args(argv):
     p.add_argument("--json-out", help=argparse.SUPPRESS)
     p.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.model and not os.path.isfile(args.model) and not args.child:
+        args.model = resolve_alias(args.model)
     if args.quick:
         args.new_tokens, args.repeats, args.prefill_reps = 32, 1, 1
     if args.new_tokens < 2 or args.repeats < 1 or args.threads < 1 or args.batch_size < 1:
