@@ -46,10 +46,19 @@ def set_num_threads(n=None) -> int:
     """
     if n is None:
         env = os.environ.get("NPLLM_NUM_THREADS")
-        n = int(env) if env else None
+        if env:
+            if not env.strip().isdigit() or int(env) < 1:
+                from .errors import ConfigError
+
+                raise ConfigError(f"NPLLM_NUM_THREADS must be a positive integer, got {env!r}")
+            n = int(env)
     if n is None:
         return numba.get_num_threads()
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"the number of threads must be a positive integer, got {n!r}")
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits

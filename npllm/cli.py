@@ -1,11 +1,13 @@
 """The ``npllm`` command line (lesson 06): generate, chat, info, perplexity.
 
 Flags follow the task names of the issue and accept llama.cpp's spellings too
-(``-m``, ``-n/--n-predict``, ``--temp``, ``--repeat-penalty``, ``-s``, ``-t``).
-Sampling defaults are llama.cpp's: temperature 0.8, top-k 40, top-p 0.95,
-min-p 0.05; ``--temperature 0`` means greedy.
+(``-m``, ``-n/--n-predict``, ``--temp``, ``--repeat-penalty``, ``-s``, ``-t``, ``-f/--file``,
+``-c/--ctx-size``).  Sampling defaults are llama.cpp's: temperature 0.8, top-k 40, top-p 0.95,
+min-p 0.05; ``--temperature 0`` means greedy.  As in llama-cli, escapes (``\\n``, ``\\t``,
+``\\xHH``...) in the prompt, the system prompt and ``--stop`` are processed unless ``--no-escape``.
 
-A bad input prints one line to stderr (no traceback) and exits with status 2.
+A bad input prints one line to stderr (no traceback) and exits with status 2: a bad flag or
+number, a file that cannot be read, text that is not UTF-8, a model without a tokenizer...
 """
 
 from __future__ import annotations
@@ -17,36 +19,68 @@ import sys
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``npllm: error: ...`` (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"npllm: error: {message} (see: {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=DEFAULT_MODEL,
                    help=f"a .gguf file, an HF directory, or an alias (default: {DEFAULT_MODEL})")
-    p.add_argument("-t", "--threads", type=int, default=None,
+    p.add_argument("-t", "--threads", type=_int_at_least(1), default=None,
                    help="threads for Numba kernels and BLAS (default: $NPLLM_NUM_THREADS or all cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the loading progress bar")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-n", "--max-new-tokens", "--n-predict", dest="max_new_tokens", type=int, default=128)
+    p.add_argument("-n", "--max-new-tokens", "--n-predict", dest="max_new_tokens", type=_int_at_least(0),
+                   default=128)
     p.add_argument("--temperature", "--temp", dest="temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-k", type=_int_at_least(0), default=40)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repetition-penalty", "--repeat-penalty", dest="repetition_penalty", type=float,
                    default=1.0)
-    p.add_argument("-s", "--seed", type=int, default=None)
+    p.add_argument("-s", "--seed", type=_int_at_least(0), default=None)
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop when this text appears (repeatable); the stop text is not printed")
+    p.add_argument("-c", "--ctx-size", dest="ctx_size", type=_int_at_least(1), default=None,
+                   help="tokens of context (default: the model's); chat drops its oldest turns past it")
+    p.add_argument("--no-escape", dest="escape", action="store_false",
+                   help="do not process escapes (\\n, \\t, \\xHH...) in the prompt and --stop")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npllm", description="A NumPy LLaMA-family language model.")
+    parser = _Parser(prog="npllm", description="A NumPy causal language model (Llama, Qwen, Gemma, Phi-3...).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout")
     _add_model_args(g)
     _add_sampling_args(g)
-    g.add_argument("prompt", nargs="?", help="the prompt (default: read from -p or stdin)")
+    g.add_argument("prompt", nargs="?", help="the prompt (default: read from -p, -f or stdin)")
     g.add_argument("-p", "--prompt", dest="prompt_opt", default=None)
+    g.add_argument("-f", "--file", dest="prompt_file", metavar="FILE", default=None,
+                   help="read the prompt from this file (UTF-8)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     g.add_argument("--chat-template", dest="chat_template", metavar="FILE", default=None,
                    help="a Jinja chat template file, for models whose file has none (implies --chat)")
@@ -60,26 +94,83 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="architecture, parameters, tensor types and KV-cache size")
     _add_model_args(i)
-    i.add_argument("-c", "--context", type=int, default=2048, help="tokens of context for the KV-cache size")
+    i.add_argument("-c", "--context", type=_int_at_least(1), default=2048,
+                   help="tokens of context for the KV-cache size")
 
     pp = sub.add_parser("perplexity", help="perplexity of a text file (llama.cpp's method)")
     _add_model_args(pp)
     pp.add_argument("file")
-    pp.add_argument("-c", "--context", type=int, default=512, help="tokens per chunk")
-    pp.add_argument("--stride", type=int, default=None,
+    pp.add_argument("-c", "--context", type=_int_at_least(2), default=512, help="tokens per chunk")
+    pp.add_argument("--stride", type=_int_at_least(1), default=None,
                     help="sliding window stride (HF method); default: llama.cpp's halves")
     pp.add_argument("--reference", action="store_true",
                     help="run the pure-NumPy reference path instead of the Numba kernels")
     return parser
 
 
-def _load(args):
+# ------------------------------------------------------------------ text in
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "\\": "\\",
+            "'": "'", '"': '"', "?": "?"}
+
+
+def process_escapes(text: str) -> str:
+    """llama-cli's ``string_process_escapes``: ``\\n \\t \\r \\a \\b \\f \\v \\\\ \\' \\" \\?`` and
+    ``\\xHH`` (two hex digits) become their characters; any other backslash stays as written."""
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+                continue
+            digits = text[i + 2:i + 4]
+            if nxt == "x" and len(digits) == 2 and all(c in "0123456789abcdefABCDEF" for c in digits):
+                out.append(chr(int(digits, 16)))
+                i += 4
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _utf8(data: bytes, where: str) -> str:
+    """Bytes -> text, or one line naming the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _UsageError(f"{where} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def _argument_text(value: str, where: str, escape: bool) -> str:
+    """An argument as the user typed it: Python hands undecodable bytes over as lone surrogates."""
+    if value is None:
+        return None
+    text = _utf8(os.fsencode(value), where)
+    return process_escapes(text) if escape else text
+
+
+def _read_text_file(path: str, where: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _UsageError(f"{where} {path}: {e.strerror or e}") from None
+    return _utf8(data, f"{where} {path}")
+
+
+# ------------------------------------------------------------------ model in
+def _load(args, need_tokenizer: bool = True):
     from . import _jit
     from .loading import load
 
     _jit.set_num_threads(args.threads)
     template = _read_template(getattr(args, "chat_template", None))
     model, tok = load(args.model, progress=not args.no_progress)
+    if tok is None and need_tokenizer:
+        raise _UsageError(f"{args.model} has no tokenizer (no tokenizer.json in the directory); "
+                          f"`npllm {args.command}` needs one: save it there with tokenizer.save_pretrained(dir)")
     if template is not None:
         tok.chat_template = template
     return model, tok
@@ -89,11 +180,14 @@ def _read_template(path):
     """The text of a --chat-template FILE (read before the model loads, so a typo fails fast)."""
     if path is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except OSError as e:
-        raise _UsageError(f"--chat-template {path}: {e.strerror or e}") from None
+    return _read_text_file(path, "--chat-template")
+
+
+def _context(args, model) -> int:
+    limit = model.config.context_length
+    if args.ctx_size is not None and args.ctx_size > limit:
+        raise _UsageError(f"-c/--ctx-size {args.ctx_size} is beyond the model's context of {limit} tokens")
+    return args.ctx_size or limit
 
 
 def _sampling_kwargs(args) -> dict:
@@ -102,59 +196,101 @@ def _sampling_kwargs(args) -> dict:
                 seed=args.seed)
 
 
-def _stream(model, tokenizer, ids, args, stop_token_ids) -> str:
-    """Generate from ``ids`` and stream the text to stdout; returns the text."""
+def _stream(model, tokenizer, ids, args, stop_token_ids, context) -> str:
+    """Generate from ``ids`` (at most up to ``context`` tokens in all), streaming to stdout."""
     import numpy as np
 
     from .streaming import TextStreamer
 
-    streamer = TextStreamer(tokenizer, stop_strings=args.stop,
+    stops = [process_escapes(s) if args.escape else s for s in
+             (_argument_text(s, "--stop", False) for s in args.stop)]
+    streamer = TextStreamer(tokenizer, stop_strings=stops,
                             on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    kwargs = _sampling_kwargs(args)
+    kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], context - len(ids))
     model.generate(np.array([ids], dtype=np.int64), eos_token_id=stop_token_ids, streamer=streamer,
-                   stopping_criteria=[streamer.stopping_criterion()], **_sampling_kwargs(args))
+                   stopping_criteria=[streamer.stopping_criterion()], **kwargs)
     return streamer.text
 
 
 def cmd_generate(args) -> int:
-    prompt = args.prompt if args.prompt is not None else args.prompt_opt
-    if prompt is None:
-        prompt = sys.stdin.read()
+    given = [n for n, v in (("the prompt argument", args.prompt), ("-p", args.prompt_opt),
+                            ("-f", args.prompt_file)) if v is not None]
+    if len(given) > 1:
+        raise _UsageError(f"give the prompt once: {' and '.join(given)} were both given")
+    if args.prompt_file is not None:
+        prompt = _read_text_file(args.prompt_file, "-f")
+    elif args.prompt is not None or args.prompt_opt is not None:
+        prompt = _argument_text(args.prompt if args.prompt is not None else args.prompt_opt, "the prompt",
+                                args.escape)
+    else:
+        prompt = _utf8(sys.stdin.buffer.read(), "the prompt on stdin")
     if not prompt:
         raise _UsageError("the prompt is empty")
     model, tok = _load(args)
+    context = _context(args, model)
     if args.chat or args.chat_template:
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
     else:
         ids = tok.encode(prompt)
-    _stream(model, tok, ids, args, tok.stop_token_ids)
+    if len(ids) >= context:
+        raise _UsageError(f"the prompt is {len(ids)} tokens, more than the context of {context} tokens "
+                          "(shorten it, or raise -c up to the model's context)")
+    _stream(model, tok, ids, args, tok.stop_token_ids, context)
     sys.stdout.write("\n")
     return 0
 
 
+def _fit_history(tok, messages, room: int):
+    """The chat ids, dropping the oldest turns (never the system prompt, never the newest user
+    message) until they leave ``room`` tokens or more of the context for the reply."""
+    dropped = 0
+    system = 1 if messages and messages[0]["role"] == "system" else 0
+    while True:
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True)
+        if len(ids) <= room or len(messages) - system <= 1:
+            return messages, ids, dropped
+        # drop the oldest user turn and the assistant reply that followed it
+        del messages[system]
+        dropped += 1
+        if len(messages) - system > 1 and messages[system]["role"] == "assistant":
+            del messages[system]
+            dropped += 1
+
+
 def cmd_chat(args) -> int:
+    system = _argument_text(args.system, "--system", args.escape)
     model, tok = _load(args)
-    messages = [{"role": "system", "content": args.system}] if args.system else []
+    context = _context(args, model)
+    messages = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
     if interactive:
         print("npllm chat — /reset clears the history, /exit or Ctrl-D quits.", file=sys.stderr)
+    reply_room = max(1, min(args.max_new_tokens, context // 2))  # keep room for an answer
     while True:
         if interactive:
             sys.stderr.write("> ")
             sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line:
+        raw = sys.stdin.buffer.readline()
+        if not raw:
             return 0
-        line = line.strip()
+        line = _utf8(raw, "the chat input").strip()
         if line in ("/exit", "/quit"):
             return 0
         if line == "/reset":
-            messages = messages[:1] if args.system else []
+            messages = messages[:1] if system else []
             continue
         if not line:
             continue
         messages.append({"role": "user", "content": line})
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True)
-        reply = _stream(model, tok, ids, args, tok.stop_token_ids)
+        messages, ids, dropped = _fit_history(tok, messages, context - reply_room)
+        if dropped:
+            print(f"npllm: the conversation outgrew the context of {context} tokens: dropped the oldest "
+                  f"{dropped} message(s)", file=sys.stderr)
+        if len(ids) >= context:
+            raise _UsageError(f"this message makes a prompt of {len(ids)} tokens, more than the context of "
+                              f"{context} tokens (-c); write a shorter one")
+        reply = _stream(model, tok, ids, args, tok.stop_token_ids, context)
         sys.stdout.write("\n")
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": reply})
@@ -165,7 +301,7 @@ def cmd_info(args) -> int:
 
     from .cache import kv_cache_bytes
 
-    model, tok = _load(args)
+    model, tok = _load(args, need_tokenizer=False)
     c = model.config
     types = Counter(getattr(w, "type_name", str(getattr(w, "dtype", "?")).upper())
                     for w in model.params.values())
@@ -187,7 +323,8 @@ def cmd_info(args) -> int:
         ("tensor types", ", ".join(f"{k}: {v}" for k, v in sorted(types.items()))),
         (f"KV cache for {args.context} tokens",
          f"{kv16:,} bytes in fp16 ({kv16 / 2**20:.1f} MiB); {kv_run:,} bytes as run ({model.dtype})"),
-        ("bos / eos / stop ids", f"{tok.bos_token_id} / {tok.eos_token_id} / {tok.stop_token_ids}"),
+        ("bos / eos / stop ids", f"{tok.bos_token_id} / {tok.eos_token_id} / {tok.stop_token_ids}"
+         if tok is not None else "no tokenizer (no tokenizer.json in the directory)"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -221,17 +358,17 @@ def cmd_perplexity(args) -> int:
 
     if args.reference:
         _jit.use_reference(True)
+    text = _read_text_file(args.file, "perplexity file")
     model, tok = _load(args)
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
+    limit = model.config.context_length
+    if args.context > limit:
+        raise _UsageError(f"-c/--context {args.context} is beyond the model's context of {limit} tokens")
+    if args.stride is not None and args.stride > args.context:
+        raise _UsageError(f"--stride {args.stride} must not exceed -c/--context {args.context}")
     result = perplexity(model, tok, text, context=args.context, stride=args.stride, progress=True)
     print(f"perplexity: {result.perplexity:.4f} over {result.n_scored} tokens "
           f"({result.n_chunks} chunks of {args.context})")
     return 0
-
-
-class _UsageError(Exception):
-    pass
 
 
 def main(argv=None) -> int:
@@ -243,7 +380,7 @@ def main(argv=None) -> int:
     try:
         return commands[args.command](args)
     except (NpllmError, _UsageError, FileNotFoundError, IsADirectoryError, PermissionError,
-            UnicodeDecodeError) as e:
+            UnicodeError) as e:
         print(f"npllm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

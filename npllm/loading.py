@@ -39,4 +39,6 @@ def load(source: Optional[str] = None, dtype=np.float32, dequantize: bool = Fals
             tokenizer = None
     else:
         tokenizer = Tokenizer.from_gguf(ckpt)
+    if tokenizer is not None and config.vocab_size > tokenizer.vocab_size:
+        tokenizer.model_vocab_size = config.vocab_size  # padded embedding rows decode to nothing
     return model, tokenizer

@@ -42,6 +42,9 @@ def perplexity(model, tokenizer, text: str, context: int = 512, stride=None, pro
         raise GenerationParameterError(f"context must be >= 2, got {context}")
     if stride is not None and not (0 < stride <= context):
         raise GenerationParameterError(f"stride must be in (0, context={context}], got {stride}")
+    limit = getattr(getattr(model, "config", None), "context_length", None)
+    if limit is not None and context > limit:
+        raise GenerationParameterError(f"context {context} is beyond the model's context of {limit} tokens")
     ids = np.array(tokenizer.encode(text), dtype=np.int64)
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
     windows = []   # (chunk ids, first scored position)

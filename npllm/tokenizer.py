@@ -35,6 +35,8 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+import numpy as np
+
 from .chat import ChatTemplateError, render_chat_template, select_template
 from .errors import GenerationParameterError, ModelFormatError, ModelNotFoundError
 from .tokenizer_gguf import (  # noqa: F401  (re-exported: the GGUF builders live in tokenizer_gguf.py)
@@ -58,6 +60,7 @@ class Tokenizer:
         self.name_or_path = name_or_path
         # What encode(add_special_tokens=True) adds (None: whatever tokenizer.json's post-processor does).
         self.add_bos_token = add_bos_token
+        self.model_vocab_size: Optional[int] = None  # rows of the model's embedding, if more (npllm.load)
         self.add_eos_token = add_eos_token
         self.chat_template = chat_template  # str, or HF's list of {"name", "template"}
         self.special_tokens = {"bos_token": bos_token, "eos_token": eos_token,
@@ -184,7 +187,9 @@ class Tokenizer:
         return self.backend.token_to_id(token)
 
     def id_to_token(self, token_id: int) -> Optional[str]:
-        return self.backend.id_to_token(int(token_id))
+        """The token's text, or None for an id of the model's padded rows (see ``_check_ids``)."""
+        (token_id,) = self._check_ids([token_id])
+        return self.backend.id_to_token(token_id)
 
     # ------------------------------------------------------------ encode / decode
     def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
@@ -193,25 +198,37 @@ class Tokenizer:
         ``add_special_tokens`` adds bos/eos only if this tokenizer's post-processor
         does (SmolLM2's GGUF says ``add_bos_token = false``, as HF).
         """
-        if not isinstance(text, str):
-            raise GenerationParameterError(f"text must be a str, got {type(text).__name__}")
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.backend.encode(_check_text(text), add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> List[List[int]]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise GenerationParameterError("texts must be a list of str")
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+        texts = [_check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Ids -> text (HF ``decode`` with ``clean_up_tokenization_spaces=False``)."""
         return self.backend.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
 
     def _check_ids(self, ids) -> List[int]:
-        try:
-            out = [int(i) for i in (ids.reshape(-1).tolist() if hasattr(ids, "reshape") else ids)]
-        except (TypeError, ValueError):
-            raise GenerationParameterError("ids must be a sequence of integers") from None
-        n = self.vocab_size
+        """Integer ids in [0, vocab); a model whose embedding has more rows than the tokenizer has
+        tokens (``model_vocab_size``, set by ``npllm.load``: Qwen2 pads to a multiple of 128) may
+        sample ids up to that size: they decode to nothing, as in HF."""
+        if hasattr(ids, "reshape"):
+            arr = np.asarray(ids)
+            if arr.size and arr.dtype.kind not in "iu":
+                raise GenerationParameterError(f"ids must be integers, got an array of dtype {arr.dtype}")
+            out = arr.reshape(-1).tolist()
+        else:
+            try:
+                out = list(ids)
+            except TypeError:
+                raise GenerationParameterError(f"ids must be a sequence of integers, got {ids!r:.60}") from None
+            for i in out:
+                if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                    raise GenerationParameterError(f"ids must be integers, got {i!r:.60} ({type(i).__name__})")
+            out = [int(i) for i in out]
+        n = max(self.vocab_size, self.model_vocab_size or 0)
         bad = [i for i in out if not 0 <= i < n]
         if bad:
             raise GenerationParameterError(f"token id {bad[0]} is outside the vocabulary [0, {n})")
@@ -247,6 +264,20 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer({self.name_or_path!r}, vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
                 f"eos={self.eos_token_id}, pad={self.pad_token_id})")
+
+
+def _check_text(text, where: str = "text") -> str:
+    """A str the tokenizer can take: lone surrogates (undecodable bytes smuggled in by Python's
+    ``surrogateescape``, or a broken UTF-16 pair) are refused, naming the position."""
+    if not isinstance(text, str):
+        raise GenerationParameterError(f"{where} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise GenerationParameterError(
+            f"{where} is not valid Unicode: a lone surrogate {text[e.start]!r} at position {e.start} "
+            "(bytes that were not UTF-8?)") from None
+    return text
 
 
 class IncrementalDecoder:

@@ -3,6 +3,7 @@ equals full decode, special tokens, HF directories, and malformed tokenizer meta
 
 import os
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -209,6 +210,59 @@ def test_bad_inputs_are_named(tok):
         tok.decode([5, 49152])
     with pytest.raises(GenerationParameterError):
         tok.stream_decoder().push(-1)
+
+
+@pytest.mark.parametrize("ids", [[1.5], [2.0], np.array([1.0]), ["3"], [True], [None], 7])
+def test_decode_refuses_ids_that_are_not_integers(tok, ids):
+    with pytest.raises(GenerationParameterError, match="integer"):
+        tok.decode(ids)
+
+
+def test_decode_takes_integers_of_any_integer_type(tok, hf):
+    ids = [int(i) for i in tok.encode("The quick brown fox")]
+    expected = hf.decode(ids)
+    assert tok.decode(np.array(ids, np.int32)) == tok.decode([np.int64(i) for i in ids]) == expected
+    assert tok.decode(np.array(ids[0])) == hf.decode(ids[:1])            # a 0-d array is one id
+
+
+@pytest.mark.parametrize("text", ["a\udcffb", "\ud83d", "caf\udce9"])
+def test_encode_names_a_lone_surrogate(tok, text):
+    with pytest.raises(GenerationParameterError, match="surrogate"):
+        tok.encode(text)
+    with pytest.raises(GenerationParameterError, match="surrogate"):
+        tok.encode_batch(["fine", text])
+
+
+@pytest.mark.parametrize("token_id", [-1, 49152, 10**12, 1.5])
+def test_id_to_token_outside_the_vocabulary_is_named(tok, token_id):
+    with pytest.raises(GenerationParameterError):
+        tok.id_to_token(token_id)
+    assert tok.id_to_token(0) == "<|endoftext|>"
+
+
+def test_padded_model_vocab_ids_decode_to_nothing_and_stream(tmp_path):
+    # Qwen2-like: the embedding has more rows (300) than the tokenizer has tokens (261). HF decodes
+    # such ids to nothing; streaming must not abort on one (the model may legally sample it).
+    import npllm
+    from npllm.streaming import TextStreamer
+
+    from _helpers_io import tiny_hf_weights
+
+    path = tmp_path / "padded.gguf"
+    write_tiny_gguf(path, weights=tiny_hf_weights(vocab=300), metadata={"llama.vocab_size": ("uint32", 300)})
+    model, t = npllm.load(str(path))
+    assert model.config.vocab_size == 300 and t.vocab_size == 261 and t.model_vocab_size == 300
+    ids = t.encode("the the") + [299, 270] + t.encode(" he")
+    assert t.decode(ids) == t.decode(t.encode("the the")) + t.decode(t.encode(" he"))
+    pieces = []
+    streamer = TextStreamer(t, on_text=pieces.append)
+    streamer.put(np.array([ids[:1]]))
+    for i in ids:
+        streamer.put(np.array([i]))
+    streamer.end()
+    assert "".join(pieces) == t.decode(ids)
+    with pytest.raises(GenerationParameterError, match="300"):
+        t.decode([300])
 
 
 def test_tiny_gguf_tokenizer_builds(tmp_path):
