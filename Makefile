@@ -26,7 +26,9 @@ test: model
 	$(PYTHON) tests/fetch_test_vocab.py
 	$(PYTHON) -m pytest tests
 
+# The lessons' figures (lessons/out/*.png) need matplotlib: the `lessons` extra.
 lessons: install model
+	$(PIP) install -q -e ".[lessons]"
 	$(PYTHON) -m lessons
 
 bench: install model

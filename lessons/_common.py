@@ -72,13 +72,21 @@ def timer(result: dict, key: str = "seconds"):
     result[key] = time.perf_counter() - t0
 
 
+_NO_PLOTS = []
+
+
 def save_plot(name: str, draw) -> str | None:
-    """Call ``draw(plt)`` and save ``lessons/out/<name>.png`` if matplotlib is installed; else do nothing."""
+    """Call ``draw(plt)`` and save ``lessons/out/<name>.png`` if matplotlib is installed; else say once
+    that figures need it (``make lessons`` / ``pip install -e ".[lessons]"`` installs it)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        if not _NO_PLOTS:
+            _NO_PLOTS.append(name)
+            print('(no figures: matplotlib is not installed; `make lessons` or `pip install -e ".[lessons]"` '
+                  "installs it)")
         return None
     os.makedirs(OUT_DIR, exist_ok=True)
     path = os.path.join(OUT_DIR, name + ".png")

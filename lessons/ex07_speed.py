@@ -1,10 +1,11 @@
 """Lesson 07 example: the roofline of this machine, the bytes and FLOPs of one decode token,
-measured prefill/decode speed, kernels vs NumPy references, Python overhead, thread-pool waiting,
-and the benchmark table from benchmarks/results/latest.json.
+measured prefill/decode speed, kernels vs NumPy references, perplexity through both paths, Python
+overhead, thread-pool waiting, and the benchmark table from benchmarks/results/latest.json.
 
 Run: python -m lessons 7   (or python -m lessons.ex07_speed [--quick])
 Reads: npllm/_jit.py (njit, use_reference, set_num_threads), npllm/quant/weight.py (QuantizedWeight.matmul),
-npllm/quant/kernels.py, npllm/ops/*.py (the *_ref / kernel pairs), benchmarks/bench_generate.py.
+npllm/quant/kernels.py, npllm/ops/*.py (the *_ref / kernel pairs), npllm/perplexity.py,
+benchmarks/bench_generate.py.
 """
 
 import json
@@ -210,6 +211,43 @@ def thread_waiting():
           f"other processes keep the cores busy, and shrink or vanish on an idle machine)")
 
 
+PPL_TEXT = (
+    "The river town woke slowly in winter. Before dawn the baker lit his ovens, and the smell of bread "
+    "drifted along the quay where the fishing boats were tied two and three deep. The ferryman checked "
+    "the ropes, the schoolteacher walked her dog along the embankment, and the clock on the town hall "
+    "struck seven as the first light touched the roofs. Most people in the town worked with their hands. "
+    "There were carpenters and net menders, a blacksmith who now mostly repaired bicycles, and a family of "
+    "potters whose bowls were sold in cities far away. In the evenings they gathered in the square to talk "
+    "about the weather, the price of grain, and the new bridge that the council had promised for ten years."
+)
+
+
+def perplexity_section(model, tok, quick):
+    heading("[7.8] perplexity: the fast path and the NumPy reference path score a text the same")
+    from npllm.perplexity import perplexity
+
+    context = 32 if quick else 64
+    ids = tok.encode(PPL_TEXT)
+    rows = []
+    for name, ref in (("kernels (fast path)", False), ("NumPy reference path", True)):
+        _jit.use_reference(ref)
+        try:
+            t0 = time.perf_counter()
+            r = perplexity(model, tok, PPL_TEXT, context=context)
+            dt = time.perf_counter() - t0
+        finally:
+            _jit.use_reference(False)
+        rows.append((name, r.perplexity, r.nll, r.n_scored, r.n_chunks, dt))
+    table(["path", "perplexity", "mean NLL (nats)", "tokens scored", "chunks", "seconds"], rows, ".6g")
+    print(f"{len(ids)} tokens of text, chunks of {context} (llama.cpp's method: the second half of each "
+          f"chunk is scored); relative difference of the two perplexities: "
+          f"{abs(rows[0][1] / rows[1][1] - 1):.2g}")
+    strided = perplexity(model, tok, PPL_TEXT, context=context, stride=context // 4)
+    print(f"HF's sliding window (stride {context // 4}): perplexity {strided.perplexity:.6g} over "
+          f"{strided.n_scored} tokens in {strided.n_chunks} windows (every token but the first is scored, "
+          "the early ones with little history: not comparable with the chunked number)")
+
+
 def benchmark_table():
     heading("[7.7] the benchmark table (benchmarks/results/latest.json)")
     if not os.path.isfile(RESULTS):
@@ -229,6 +267,7 @@ def main(quick: bool = False) -> None:
         q_bytes, flops = token_budget(model, read_bw, gflops)
         measured_speed(model, tok, quick, q_bytes, flops, read_bw, gflops)
         kernels_vs_refs(model, quick)
+        perplexity_section(model, tok, quick)
     python_overhead(quick)
     if not quick:
         thread_waiting()
