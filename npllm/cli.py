@@ -1,4 +1,4 @@
-"""The ``npllm`` command line (lesson 06): generate, chat, info, perplexity.
+"""The ``npllm`` command line (lesson 06): generate, chat, info, batch, perplexity.
 
 Flags follow the task names of the issue and accept llama.cpp's spellings too
 (``-m``, ``-n/--n-predict``, ``--temp``, ``--repeat-penalty``, ``-s``, ``-t``, ``-f/--file``,
@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(i)
     i.add_argument("-c", "--context", type=_int_at_least(1), default=2048,
                    help="tokens of context for the KV-cache size")
+
+    b = sub.add_parser("batch", help="generate for every record of a JSONL file (resumable)")
+    _add_model_args(b)
+    _add_sampling_args(b)
+    b.add_argument("input", help="JSONL: {\"id\": ..., \"prompt\": \"...\"} or {\"id\": ..., \"messages\": [...]} per line")
+    b.add_argument("-o", "--output", required=True, help="JSONL output; rerunning skips the ids already in it")
+    b.add_argument("-b", "--batch-size", type=_int_at_least(1), default=8)
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on Ray: a cluster address, or 'local' (the default when no address is given)")
+    b.add_argument("--workers", type=_int_at_least(1), default=None, help="Ray actors (default 2)")
 
     pp = sub.add_parser("perplexity", help="perplexity of a text file (llama.cpp's method)")
     _add_model_args(pp)
@@ -352,6 +362,26 @@ def _ranges(indices) -> str:
     return ", ".join(str(i) for i in indices) if indices else "none"
 
 
+def cmd_batch(args) -> int:
+    from . import _jit
+    from .batch import run
+
+    _jit.set_num_threads(args.threads)
+    stops = [process_escapes(t) if args.escape else t for t in (_argument_text(t, "--stop", False) for t in args.stop)]
+    summary = run(args.input, args.output, model=args.model, batch_size=args.batch_size, ray=args.ray,
+                  workers=args.workers, progress=not args.no_progress, max_tokens=args.max_new_tokens,
+                  temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                  seed=args.seed, stop=stops or None)
+    print(f"npllm batch: {summary.written} record(s) and {summary.errors} error row(s) written to "
+          f"{summary.output}, {summary.skipped} already there; {summary.completion_tokens} tokens in "
+          f"{summary.seconds:.1f} s", file=sys.stderr)
+    if summary.interrupted:
+        print(f"npllm batch: interrupted; rerun the same command to resume (the ids in {summary.output} "
+              "are skipped)", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_perplexity(args) -> int:
     from . import _jit
     from .perplexity import perplexity
@@ -375,7 +405,7 @@ def main(argv=None) -> int:
     from .errors import NpllmError
 
     args = build_parser().parse_args(argv)
-    commands = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info,
+    commands = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "batch": cmd_batch,
                 "perplexity": cmd_perplexity}
     try:
         return commands[args.command](args)
