@@ -157,3 +157,59 @@ def test_cli_batch_bad_input_file_is_one_line(tmp_path):
     err = r.stderr.decode()
     assert r.returncode == 2 and "missing.jsonl" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
+# ------------------------------------------------------------------ on Ray
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_local_two_workers_give_the_in_process_outputs(smol, local_ray, tmp_path):
+    model, _ = smol
+    rows = [{"id": i, "prompt": p, "max_tokens": 10} for i, p in enumerate(PROMPTS)]
+    rows += [{"id": "bad", "prompt": 7}]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    run(tmp_path / "in.jsonl", tmp_path / "local.jsonl", model=model.source, temperature=0, progress=False)
+    summary = run(tmp_path / "in.jsonl", tmp_path / "ray.jsonl", model=model.source, temperature=0, progress=False,
+                  ray="local", workers=2, batch_size=4)
+    assert summary.written == len(PROMPTS) and summary.errors == 1
+    by_id = lambda path: {json.dumps(r["id"]): r for r in read_jsonl(path)}  # noqa: E731
+    assert by_id(tmp_path / "ray.jsonl") == by_id(tmp_path / "local.jsonl")
+
+
+def test_a_worker_killed_mid_run_still_ends_with_every_id_once(smol, local_ray, tmp_path):
+    import threading
+
+    model, _ = smol
+    rows = [{"id": i, "prompt": p, "max_tokens": 24} for i, p in enumerate(PROMPTS)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "ray.jsonl"
+    killed = []
+
+    def kill_one_worker():
+        deadline = time.time() + 240
+        while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 2):
+            time.sleep(0.05)
+        for pid in os.listdir("/proc"):   # Ray titles an actor's process ray::MapWorker(MapBatches(BatchWorker))
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read()
+            except OSError:
+                continue
+            if b"BatchWorker" in title and int(pid) != os.getpid():
+                os.kill(int(pid), signal.SIGKILL)   # a worker dies mid-run
+                killed.append(int(pid))
+                return
+
+    t = threading.Thread(target=kill_one_worker)
+    t.start()
+    summary = run(tmp_path / "in.jsonl", out, model=model.source, temperature=0, progress=False, ray="local",
+                  workers=2, batch_size=2)
+    t.join()
+    assert killed, "no worker was killed: the test did not test anything"
+    ids = [r["id"] for r in read_jsonl(out)]
+    assert sorted(ids) == list(range(len(PROMPTS))) and summary.written == len(PROMPTS)
