@@ -1,4 +1,4 @@
-"""npllm 课程（lessons 01–08）：Markdown 讲义 + 可运行示例。
+"""npllm 课程（lessons 01–09）：Markdown 讲义 + 可运行示例。
 
     python -m lessons            # 运行全部示例
     python -m lessons 5          # 只运行第 5 课
@@ -17,4 +17,5 @@ LESSONS = {
     6: "ex06_real_checkpoints",
     7: "ex07_speed",
     8: "ex08_model_families",
+    9: "ex09_batch",
 }

@@ -69,7 +69,8 @@ def run_on_ray(model, batches: List[list], writer, summary, stop_requested, prog
     ray = connect(address)
     import logging
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # npllm's own bar shows the progress
+    for name in ("ray", "ray.data"):  # npllm's own bar shows the progress
+        logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     cpus = max(1, int(ray.cluster_resources().get("CPU", workers) // workers))
