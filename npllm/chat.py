@@ -259,7 +259,7 @@ class _Budget:
             return sys.getsizeof(x), 0
         if depth >= MAX_DATA_DEPTH:
             raise _TooBig(f"a value nested more than {MAX_DATA_DEPTH} deep")
-        self.spend(len(items) // 64)  # walking a container that does not know its size
+        self.spend(len(items) // 16)  # walking a container that does not know its size
         total, deepest = sys.getsizeof(x), 0
         for item in items:
             size, d = self.measure(item, depth + 1)
@@ -488,6 +488,8 @@ def _string_method_bytes(budget: _Budget, s, name: str, args, kwargs) -> Optiona
         return 33 + (4 * n + 4 if codec.startswith(("utf", "latin", "ascii", "iso")) else 10 * n)  # '\U0001f389'
     elif name == "hex":
         return 33 + 3 * n
+    elif name in ("striptags", "unescape"):  # Markup's, in Python
+        return max(_text_bytes(n, s), _text_work(budget, name, s, n))
     elif name == "translate" and args:
         table = args[0]
         values = table.values() if isinstance(table, dict) else table if isinstance(table, (list, tuple)) else ()
@@ -498,9 +500,10 @@ def _string_method_bytes(budget: _Budget, s, name: str, args, kwargs) -> Optiona
     return _text_bytes(chars, s, *a)
 
 
-# Jinja filters that loop in Python: a step per item of their input.
-_PER_ITEM = frozenset(["batch", "dictsort", "groupby", "items", "map", "max", "min", "reject", "rejectattr",
-                       "select", "selectattr", "slice", "sort", "sum", "unique", "xmlattr"])
+# Jinja filters that loop in Python: steps per item of their input (about 4 us each).
+_PER_ITEM = {"batch": 1, "dictsort": 2, "groupby": 4, "items": 1, "map": 1, "max": 1, "min": 1, "reject": 1,
+             "rejectattr": 1, "select": 1, "selectattr": 1, "slice": 1, "sort": 1, "sum": 1, "unique": 1,
+             "xmlattr": 1}
 # Filters that need all the items of a generator: they are listed first (a step each).
 _LISTING = frozenset(["batch", "dictsort", "groupby", "join", "list", "max", "min", "slice", "sort", "sum",
                       "unique"])
@@ -508,9 +511,23 @@ _LISTING = frozenset(["batch", "dictsort", "groupby", "join", "list", "max", "mi
 _STRINGIFYING = frozenset(["capitalize", "center", "e", "escape", "forceescape", "format", "indent", "lower",
                            "replace", "safe", "string", "striptags", "title", "trim", "truncate", "upper",
                            "urlencode", "urlize", "wordcount", "wordwrap", "xmlattr"])
-# Jinja filters that walk text in Python: characters per step.
-_TEXT_FILTERS = {"urlize": 4, "wordwrap": 16, "indent": 16, "title": 32, "striptags": 64, "wordcount": 64,
-                 "urlencode": 64}
+# Jinja filters that walk text in Python: (characters per step, bytes per character of the lists
+# of words or lines they build on the way).
+_TEXT_WALKERS = {"urlize": (4, 64), "wordwrap": (16, 64), "title": (32, 64), "indent": (16, 32),
+                 "wordcount": (64, 32), "urlencode": (64, 32), "striptags": (64, 32), "unescape": (64, 0)}
+
+
+def _text_work(budget: _Budget, name: str, value, n: int) -> int:
+    """Spend the steps of a text filter (or Markup method) that loops in Python; return the bytes
+    of what it builds on the way."""
+    per_step, per_char = _TEXT_WALKERS.get(name, (0, 0))
+    if not per_step:
+        return 0
+    budget.spend(n // per_step)
+    if name == "striptags":  # markupsafe rebuilds the whole string for each tag it removes
+        tags = value.count("<") if isinstance(value, str) else n
+        budget.spend(tags * n // 100_000)  # ~100 KB copied per step
+    return per_char * n
 
 
 def _filter_bytes(budget: _Budget, name: str, value, args, kwargs) -> Optional[int]:
@@ -567,7 +584,7 @@ def _filter_bytes(budget: _Budget, name: str, value, args, kwargs) -> Optional[i
         extra = sum(len(a) for a in list(args) + list(kwargs.values()) if isinstance(a, str))
         chars = 3 * text_len + (64 + 2 * extra) * (text.count(" ") + 1 if isinstance(value, str) else text_len)
     elif name == "wordcount":
-        chars = text_len * 32  # it lists the words first
+        chars = 24  # the number (the list of words it makes is counted by _text_work)
     elif name == "format":
         fmt_args = kwargs if kwargs else tuple(args)
         chars = _printf_len(budget, str(value), fmt_args)
@@ -575,10 +592,7 @@ def _filter_bytes(budget: _Budget, name: str, value, args, kwargs) -> Optional[i
         chars = text_len
     if chars is None:
         return None
-    step = _TEXT_FILTERS.get(name)
-    if step:
-        budget.spend(text_len // step)
-    return _text_bytes(chars, text, *args)
+    return max(_text_bytes(chars, text, *args), _text_work(budget, name, value, text_len))
 
 
 def _guarded_sum(env_sum, budget: _Budget):
@@ -614,7 +628,7 @@ def _guarded_filter(env_filter, name: str, budget: _Budget):
         value, fargs = (args[n_internal], args[n_internal + 1:]) if len(args) > n_internal else (None, ())
         sized = hasattr(value, "__len__")
         if name in _PER_ITEM and sized and not isinstance(value, str):
-            budget.spend(len(value))
+            budget.spend(_PER_ITEM[name] * len(value))
         if name in _LISTING and not sized and value is not None:
             value = budget.materialize(value, name)  # a generator: count its items as they come
             args = args[:n_internal] + (value,) + args[n_internal + 1:]
@@ -964,7 +978,7 @@ def _make_environment_class():
                 budget.spend()
             owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
             if isinstance(owner, (str, bytes)):  # str methods, and Markup's (which escape their arguments)
-                escaping = 6 if hasattr(owner, "__html__") else 1
+                escaping = 6 if hasattr(owner, "__html__") and name not in ("striptags", "unescape") else 1
                 if name == "join" and args:
                     items = budget.materialize(args[0], "join")
                     budget.allow(_text_bytes(escaping * sum(len(i) for i in items if isinstance(i, (str, bytes)))

@@ -509,6 +509,9 @@ BOMBS = {
     "split_and_keep": "{% set ns = namespace(x=[]) %}{% set s = 'ab ' * 666666 %}"
                       "{% for i in range(100) %}{% set ns.x = ns.x + [s.split()] %}{% endfor %}",
     "urlize_long_text": "{{ ('www.a.com ' * 200000) | urlize }}",
+    "title_many_words": "{{ ('ab ' * 600000) | title | length }}",  # a list of every word first
+    "striptags_many_tags": "{{ ('<a>x</a>' * 200000) | striptags | length }}",  # quadratic in markupsafe
+    "markup_striptags_method": "{{ (('<a>x</a>' * 200000) | safe).striptags() | length }}",
     "slice_into_empty_lists": "{{ [1] | slice(1999999) | list | length }}",
     "sort_unique_big": "{{ ((range(100000) | list) * 20) | sort | unique | list | length }}",
     # loops and recursion that keep what they build, or compare big values per iteration
