@@ -344,7 +344,7 @@ _MAX_ITEMS = {"tokenizer.ggml.tokens": 1 << 20, "tokenizer.ggml.scores": 1 << 20
 _MAX_STRING = 1 << 26  # one string value (a chat template is ~10 KB; a stored tokenizer.json tens of MB)
 _MAX_ARRAY_STRING = 1 << 16  # one string inside an array (a token, a merge)
 _MAX_INNER_ARRAYS = 1 << 16  # arrays inside arrays, in the whole file (real files have none)
-_BUDGET_FLOOR, _BUDGET_PER_BYTE = 32 << 20, 16  # bytes of Python objects: floor + 16 x bytes on disk
+_BUDGET_FLOOR, _BUDGET_PER_BYTE = 16 << 20, 16  # bytes of Python objects: floor + 16 x bytes on disk
 _STR_COST, _NUMBER_COST, _ARRAY_COST = 84, 40, 128  # bytes (CPython: str header, list slot, ndarray)
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
@@ -424,13 +424,13 @@ class _HeaderScan:
             self.fail(f"{what} length {n} exceeds {max_len}")
         self.charge(_STR_COST + n, what)
         start = self.take(n, what)
-        return self.text(self.buf[start:start + n], what, start)
+        return self.text(memoryview(self.buf)[start:start + n], what, start)  # decoded in place, not copied
 
-    def text(self, raw: bytes, what: str, at: int) -> str:
+    def text(self, raw, what: str, at: int) -> str:
         try:
-            return raw.decode("utf-8")
+            return str(raw, "utf-8")
         except UnicodeDecodeError:
-            self.fail(f"{what} {raw[:60]!r} is not valid UTF-8", at)
+            self.fail(f"{what} {bytes(raw[:60])!r} is not valid UTF-8", at)
 
     # ------------------------------------------------------------ metadata
     def value(self, vtype: int, key: str):
