@@ -295,6 +295,22 @@ class _Budget:
         self.charge(new, what)
         return self.sized(x if type(x) is cls else cls(x), size, depth)
 
+    def materialize(self, iterable, what: str) -> list:
+        """A list of the items of ``iterable``, each item spending a step, checked as it grows."""
+        if isinstance(iterable, (list, tuple)):
+            return iterable
+        if hasattr(iterable, "__len__"):
+            self.spend(len(iterable) // 64)
+            self.allow(_chars_list_bytes(iterable) if isinstance(iterable, str) else 56 + _SLOT * len(iterable), what)
+            return list(iterable)
+        out = []
+        for item in iterable:
+            self.spend()
+            out.append(item)
+            if len(out) * _SLOT > self.value_limit:
+                raise _TooBig(f"{what} would list more than {len(out)} items")
+        return out
+
     @staticmethod
     def sized(x, size: int, depth: int):
         x._npllm = (size, depth)
@@ -455,6 +471,9 @@ def _join_len(budget: _Budget, sep, items) -> int:
     return n
 
 
+_LINE_BREAKS = ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")  # str.splitlines
+
+
 def _string_method_bytes(budget: _Budget, s, name: str, args, kwargs) -> Optional[int]:
     """Bytes of ``s.<name>(*args, **kwargs)`` for the str/bytes methods that can grow a value
     (None: the result is no larger than its inputs)."""
@@ -476,8 +495,8 @@ def _string_method_bytes(budget: _Budget, s, name: str, args, kwargs) -> Optiona
     elif name in ("split", "rsplit", "splitlines"):
         sep = args[0] if args else kwargs.get("sep")
         if name == "splitlines":
-            pieces = sum(s.count(c) for c in ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85",
-                                               "\u2028", "\u2029")) if isinstance(s, str) else s.count(b"\n") + s.count(b"\r")
+            breaks = _LINE_BREAKS if isinstance(s, str) else (b"\n", b"\r")
+            pieces = sum(s.count(c) for c in breaks)
         else:
             pieces = s.count(sep) if sep else n // 2
         return _SLOT * (pieces + 1) + 56 + (pieces + 1) * 49 + n * (1 if s.isascii() else 4)
@@ -665,24 +684,6 @@ def _is_jinja_internal(a) -> bool:
     return isinstance(a, _JINJA_INTERNALS)
 
 
-def _materialize(self: _Budget, iterable, what: str) -> list:
-    """A list of the items of ``iterable``, each item spending a step, checked as it grows."""
-    if isinstance(iterable, (list, tuple)):
-        return iterable
-    if hasattr(iterable, "__len__"):
-        self.spend(len(iterable) // 64)
-        self.allow(_chars_list_bytes(iterable) if isinstance(iterable, str) else 56 + _SLOT * len(iterable), what)
-        return list(iterable)
-    out = []
-    for item in iterable:
-        self.spend()
-        out.append(item)
-        if len(out) * _SLOT > self.value_limit:
-            raise _TooBig(f"{what} would list more than {len(out)} items")
-    return out
-
-
-_Budget.materialize = _materialize
 
 
 class _Loop:

@@ -7,9 +7,10 @@ every count and length against the bytes that remain, and collects the
 metadata: Python scalars and strings, and arrays of numbers as NumPy views of
 the file (a crafted file's huge arrays cost nothing until something reads
 them).  The file is memory-mapped (``mmap``): each tensor is a NumPy view of
-its bytes, read from disk only when something touches it, and ``GGUFCheckpoint.release`` hands a tensor's pages back once a
-loader has copied it.  (The ``gguf`` package's ``GGUFReader`` reads the same
-files; the tests use it as the reference.)
+its bytes, read from disk only when something touches it, and
+``GGUFCheckpoint.release`` hands a tensor's pages back once a loader has copied
+it.  (The ``gguf`` package's ``GGUFReader`` reads the same files; the tests use
+it as the reference.)
 
 This module matches what HF transformers does in
 ``modeling_gguf_pytorch_utils.load_gguf_checkpoint`` (GGUF -> HF config and
