@@ -65,9 +65,10 @@ do); llama.cpp's default tokenizes a control token's text as plain text.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .errors import ModelFormatError
 
@@ -202,6 +203,8 @@ def merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> List[T
         >>> merges_from_scores(["a", "b", "c", "bc", "abc"], [0, 0, 0, -1, -2])
         [('b', 'c'), ('a', 'bc')]
     """
+    if isinstance(scores, np.ndarray):  # as read from a file: Python floats sort faster than NumPy scalars
+        scores = scores.tolist()
     index = {t: i for i, t in enumerate(tokens)}
     found = []  # (-score, token id, cut, left, right): the sort never reaches the strings
     for i, (piece, score) in enumerate(zip(tokens, scores)):
@@ -224,9 +227,11 @@ def backend_from_gguf_metadata(md: Dict[str, Any], pre_override: Optional[str] =
     if not isinstance(tokens, list) or not 0 < len(tokens) <= _MAX_VOCAB or \
             not all(isinstance(t, str) for t in tokens):
         raise ModelFormatError("tokenizer.ggml.tokens must be a non-empty list of strings")
-    types = md.get("tokenizer.ggml.token_type", [TOKEN_NORMAL] * len(tokens))
-    if not isinstance(types, list) or len(types) != len(tokens):
-        raise ModelFormatError(f"tokenizer.ggml.token_type must list one type per token ({len(tokens)})")
+    if "tokenizer.ggml.token_type" in md:
+        types = _numbers(md, "tokenizer.ggml.token_type", len(tokens), "iu",
+                         f"tokenizer.ggml.token_type must list one type per token ({len(tokens)})").tolist()
+    else:
+        types = [TOKEN_NORMAL] * len(tokens)
     if kind == "gpt2":
         backend, add_bos = _byte_level_bpe(md, tokens, types, pre_override)
         defaults = {}
@@ -332,12 +337,29 @@ def _sentencepiece_bpe(md, tokens, types, merges, space_prefix: bool):
 
 
 # ------------------------------------------------------------------ helpers
+def _numbers(md, key, n: int, kinds: str, message: str) -> np.ndarray:
+    """A metadata array of ``n`` numbers as a 1-D NumPy array: a GGUF file's reader hands out
+    NumPy arrays of the file's item type; a metadata dict written by hand may hold a list.
+    ``kinds`` are the allowed NumPy dtype kinds ("iu": integers, "iuf": any real number)."""
+    value = md.get(key)
+    allowed = (int, float) if "f" in kinds else int
+    if isinstance(value, (list, tuple)) and not any(isinstance(v, bool) or not isinstance(v, allowed)
+                                                    for v in value):
+        try:
+            value = np.asarray(value, dtype=np.float64 if "f" in kinds else np.int64)
+        except OverflowError:  # an int beyond int64
+            raise ModelFormatError(message) from None
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or len(value) != n or value.dtype.kind not in kinds:
+        raise ModelFormatError(message)
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ModelFormatError(message)
+    return value
+
+
 def _merges_from_scores_field(md, tokens) -> List[Tuple[str, str]]:
-    scores = md.get("tokenizer.ggml.scores")
-    if not isinstance(scores, list) or len(scores) != len(tokens) or \
-            not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores):
-        raise ModelFormatError(f"tokenizer.ggml.scores must list one finite number per token ({len(tokens)}); "
-                               "SentencePiece vocabularies rank their merges by it")
+    scores = _numbers(md, "tokenizer.ggml.scores", len(tokens), "iuf",
+                      f"tokenizer.ggml.scores must list one finite number per token ({len(tokens)}); "
+                      "SentencePiece vocabularies rank their merges by it")
     return merges_from_scores(tokens, scores)
 
 

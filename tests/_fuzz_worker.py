@@ -10,7 +10,8 @@ chat template, a render.  It reports
     {"case": ..., "outcome": "loaded" | "npllm_error" | "not_found" | "bad", "stage": ...,
      "error": exception class, "message": ..., "finite": bool, "seconds": ...}
 
-A line holding a JSON object instead of a path runs ``run_quant_case``.
+A line holding a JSON object instead of a path runs ``run_quant_case``, or, if it has a
+``"template"``, ``run_template_case`` (a chat template rendered, with its time and peak memory).
 
 ``bad`` means an exception escaped that is not an ``npllm.errors`` ``ValueError`` (or the
 forward pass gave non-finite logits that generation did not flag); the parent fails on it.
@@ -103,6 +104,39 @@ def run_quant_case(spec: dict) -> dict:
     return result
 
 
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def run_template_case(spec: dict) -> dict:
+    """``{"template": ..., "name": ...}``: render it for a one-message chat.  ``peak_growth`` is how
+    far this process's peak RSS rose above its RSS before the render (Linux; the peak is reset
+    first through /proc/self/clear_refs), in bytes."""
+    from npllm.chat import ChatTemplateError, render_chat_template
+
+    messages = spec.get("messages") or [{"role": "user", "content": "hi"}]
+    result = {"case": spec.get("name", "template"), "outcome": "rendered", "stage": "render", "error": None,
+              "message": "", "peak_growth": None}
+    measure = os.path.exists("/proc/self/clear_refs")
+    if measure:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        before = _rss_kb("VmRSS")
+    start = time.perf_counter()
+    try:
+        result["chars"] = len(render_chat_template(spec["template"], messages))
+    except ChatTemplateError as e:
+        result.update(outcome="refused", error=type(e).__name__, message=str(e)[:500])
+    except BaseException as e:  # noqa: BLE001
+        result.update(outcome="bad", error=type(e).__name__, message=str(e)[:500],
+                      traceback=traceback.format_exc()[-3000:])
+    result["render_seconds"] = time.perf_counter() - start
+    if measure:
+        result["peak_growth"] = (_rss_kb("VmHWM") - before) << 10
+    return result
+
+
 def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     out = os.fdopen(os.dup(1), "w", buffering=1)  # results go to the real stdout...
@@ -113,7 +147,11 @@ def main() -> None:
         if not path:
             continue
         start = time.perf_counter()
-        result = run_quant_case(json.loads(path)) if path.startswith("{") else run_case(path)
+        if path.startswith("{"):
+            spec = json.loads(path)
+            result = run_template_case(spec) if "template" in spec else run_quant_case(spec)
+        else:
+            result = run_case(path)
         result["seconds"] = round(time.perf_counter() - start, 4)
         out.write(json.dumps(result) + "\n")
         out.flush()

@@ -581,6 +581,11 @@ def gguf_writer_variants() -> List[Case]:
         "chat_template_endless": dict(metadata={"tokenizer.chat_template": (
             "string", "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}")}),
         "chat_template_syntax": dict(metadata={"tokenizer.chat_template": ("string", "{% for %}")}),
+        # the two: sum() of shared lists (a minute in the old sandbox) and a width from an argument (6 GB)
+        "chat_template_sum_bomb": dict(metadata={"tokenizer.chat_template": (
+            "string", "{{ ([[1] * 1000] * 5000) | sum(start=[]) }}")}),
+        "chat_template_format_width": dict(metadata={"tokenizer.chat_template": (
+            "string", "{{ '{:>{w}}'.format('a', w=6e9) }}")}),
         "add_bos_true": dict(metadata={"tokenizer.ggml.add_bos_token": ("bool", True)}),
     }
     for key in ("llama.block_count", "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",

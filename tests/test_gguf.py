@@ -78,11 +78,14 @@ def test_tensors_stay_memory_mapped_except_reordered_qk(ckpt):
     assert ckpt.type_counts() == {"Q8_0": 1, "F32": 61, "Q4_1": 210}
 
 
-def test_metadata_is_plain_python(ckpt):
+def test_metadata_values_are_python_scalars_string_lists_and_numpy_arrays(ckpt):
     md = ckpt.metadata
     assert md["general.architecture"] == "llama"
     assert isinstance(md["tokenizer.ggml.tokens"], list) and md["tokenizer.ggml.tokens"][1] == "<|im_start|>"
-    assert isinstance(md["llama.rope.freq_base"], float)
+    assert isinstance(md["llama.rope.freq_base"], float) and isinstance(md["llama.block_count"], int)
+    types = md["tokenizer.ggml.token_type"]  # numbers: a read-only view of the mapped file
+    assert isinstance(types, np.ndarray) and types.dtype == np.int32 and types.shape == (49152,)
+    assert not types.flags.writeable and np.may_share_memory(types, np.frombuffer(ckpt.file_map, np.uint8))
     assert "<|im_start|>" in ckpt.chat_template
 
 
@@ -336,20 +339,35 @@ V = gguf.GGUFValueType
 
 
 def typed(value):
-    """``value`` with its Python type at every level: True != 1, 1.0 != 1, -0.0 != 0.0, nan == nan."""
+    """``value`` with its type at every level: True != 1, 1.0 != 1, -0.0 != 0.0, nan == nan; a NumPy
+    array by its dtype (byte order included) and its values."""
     if isinstance(value, list):
         return ["list", [typed(v) for v in value]]
+    if isinstance(value, np.ndarray):
+        return ["ndarray", value.dtype.newbyteorder("<").str, value.ndim, typed(value.tolist())]
     return (type(value).__name__, repr(value) if isinstance(value, float) else value)
 
 
 def reader_metadata(path):
+    """GGUFReader's values, with the container npllm's contract promises: an array of numbers as a
+    NumPy array of the file's item type (``contents()`` gives a list), nested arrays flattened."""
     reader = gguf.GGUFReader(path)
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    out = {}
+    for k, f in reader.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        value = f.contents()
+        if f.types[0] == V.ARRAY and len(f.types) == 2 and f.types[1] not in (V.STRING, V.ARRAY):
+            value = np.array(value, dtype=gguf.GGUFReader.gguf_scalar_to_np[f.types[1]])
+        out[k] = value
+    return out
 
 
 def assert_same_metadata(mine, reference):
     assert list(mine) == list(reference)  # same keys, in file order
     for key, value in reference.items():
+        if isinstance(mine[key], np.ndarray) and mine[key].size == 0 and isinstance(value, list) and not value:
+            continue  # GGUFReader drops the item type of an empty array (its dtype is checked elsewhere)
         assert typed(mine[key]) == typed(value), key
 
 
@@ -473,8 +491,15 @@ def test_every_metadata_value_type_equals_gguf_reader(tmp_path):
     # and against the values written (math, not a reader): ints exact, float32 rounded, nesting flattened
     assert mine["int.UINT64.hi"] == 2**64 - 1 and mine["int.INT64.lo"] == -2**63
     assert mine["float32"] == float(np.float32(0.1)) and mine["float64"] == 0.1
-    assert mine["bool.true"] is True and mine["array.bool"] == [True, False, True]
+    assert mine["bool.true"] is True and mine["array.bool"].tolist() == [True, False, True]
     assert mine["nested.int"] == [1, 2, 3, 4, 5, 6] and mine["nested.string"] == ["a", "b", "ç"]
+    # arrays of numbers: read-only NumPy arrays of the file's item type, views of the file (bools: a copy)
+    for vtype in _INT_LIMITS:
+        a = mine[f"array.{vtype.name}"]
+        assert a.dtype == gguf.GGUFReader.gguf_scalar_to_np[vtype] and not a.flags.writeable, vtype
+        assert a.base is not None and not a.flags.owndata, vtype
+    assert mine["array.float32"].dtype == np.float32 and mine["array.float64"].dtype == np.float64
+    assert mine["array.bool"].dtype == np.bool_ and not mine["array.bool"].flags.writeable
 
 
 # Hand-assembled files (from the GGUF spec) for what GGUFWriter refuses to write: empty arrays.
@@ -509,6 +534,7 @@ def test_empty_and_nested_arrays_equal_gguf_reader(tmp_path):
     mine = read_gguf_metadata(path)
     assert_same_metadata(mine, reader_metadata(path))
     assert mine["empty.string"] == [] and mine["nested.three_deep"] == [1, 2, 3] and mine["after"] == "still in step"
+    assert mine["empty.int32"].dtype == np.int32 and mine["empty.int32"].shape == (0,)
 
 
 def test_nested_strings_after_an_empty_inner_array_stay_strings(tmp_path):
@@ -625,7 +651,8 @@ def test_release_drops_a_tensors_pages_from_rss(smollm2_gguf, gguf_reader):
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc/self/status")
 def test_read_gguf_stays_small(smollm2_gguf):
     """GGUFReader's per-field NumPy objects cost ~190 MB of RSS for this file; our header parse
-    keeps plain Python values (~11 MB), the copied Q/K rows (~8 MB) and no header pages."""
+    keeps Python strings (the vocabulary and merges) and NumPy views (token types), the copied
+    Q/K rows (~8 MB) and no header pages: ~19 MB in all."""
     import gc
 
     gc.collect()
@@ -634,3 +661,144 @@ def test_read_gguf_stays_small(smollm2_gguf):
     grown = _rss_bytes() - before
     assert grown < 48 << 20, f"read_gguf grew RSS by {grown >> 20} MB"
     assert ck.tensors["model.norm.weight"].to_float32().shape == (576,)
+
+
+# ------------------------------------------------- hostile metadata: sparse files
+# A GGUF can claim huge metadata arrays whose bytes are a hole in a sparse file: 1 GiB long,
+# a few KB on disk.  Zero bytes are valid GGUF values (empty strings, zero numbers, empty
+# inner arrays of uint8), so every count below "fits in the file".  Loading such a file must
+# fail (or stop at the first real problem) in well under a second, with little memory, and
+# with a one-line ModelFormatError.
+SPARSE_SIZE = 1 << 30
+
+
+def _kv_head(key: str, vtype, head: bytes = b"") -> bytes:
+    return _str(key.encode()) + struct.pack("<I", vtype) + head
+
+
+def _array_head(itype, count) -> bytes:
+    return struct.pack("<IQ", itype, count)
+
+
+def _hostile_layouts():
+    """name -> (n_kv, chunks, what the error must mention).  A chunk is bytes written at the
+    current position or an int: that many zero bytes left as a hole."""
+    A, S = V.ARRAY, V.STRING
+    arch = _kv_head("general.architecture", S, _str(b"llama"))
+    layouts = {
+        # 2**24 empty tokens: within the old reader's array cap, 16M Python strings
+        "tokens_2p24": (2, [arch, _kv_head("tokenizer.ggml.tokens", A, _array_head(S, 1 << 24)), 8 << 24],
+                        "tokenizer.ggml.tokens"),
+        "scores_2p24": (2, [arch, _kv_head("tokenizer.ggml.scores", A, _array_head(V.FLOAT32, 1 << 24)), 4 << 24],
+                        "tokenizer.ggml.scores"),
+        "merges_2p26": (2, [arch, _kv_head("tokenizer.ggml.merges", A, _array_head(S, 1 << 26)), 8 << 26],
+                        "tokenizer.ggml.merges"),
+        # 2**20 empty tokens: a count a real vocabulary could have, but the bytes are not in the file
+        "tokens_2p20": (2, [arch, _kv_head("tokenizer.ggml.tokens", A, _array_head(S, 1 << 20)), 8 << 20],
+                        "tokenizer.ggml.tokens"),
+        # 2**24 inner arrays, each 12 zero bytes: an empty uint8 array
+        "nested_empty_2p24": (1, [_kv_head("x.nested", A, _array_head(A, 1 << 24)), 12 << 24], "x.nested"),
+        # 64 inner arrays of 2**20 empty strings each: 64M strings in one value
+        "nested_strings": (1, [_kv_head("x.nested", A, _array_head(A, 64))]
+                           + [_array_head(S, 1 << 20), 8 << 20] * 64, "x.nested"),
+        # 100 keys of 2**20 empty strings each (each key alone looks like a vocabulary)
+        "many_string_arrays": (100, [c for i in range(100)
+                                     for c in (_kv_head(f"x.list{i}", A, _array_head(S, 1 << 20)), 8 << 20)],
+                               "x.list"),
+        # 7 arrays of 2**24 int64 zeros: fine as views of the file (nothing is read), fatal as lists
+        "int64_arrays": (7, [c for i in range(7) for c in (_kv_head(f"x.ints{i}", A, _array_head(V.INT64, 1 << 24)),
+                                                            8 << 24)], "general.architecture"),
+        # one 900 MB string of NUL bytes, and eight of 100 MB
+        "string_900mb": (1, [_kv_head("general.name", S, struct.pack("<Q", 900 << 20)), 900 << 20], "general.name"),
+        "strings_8x100mb": (8, [c for i in range(8) for c in (_kv_head(f"x.s{i}", S, struct.pack("<Q", 100 << 20)),
+                                                               100 << 20)], "x.s"),
+        "strings_5x15mb": (5, [c for i in range(5) for c in (_kv_head(f"x.s{i}", S, struct.pack("<Q", 15 << 20)),
+                                                              15 << 20)], "x.s"),
+    }
+    return layouts
+
+
+def write_sparse_gguf(path, n_kv: int, chunks, size: int = SPARSE_SIZE) -> None:
+    with open(path, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, n_kv))
+        for c in chunks:
+            if isinstance(c, int):
+                f.seek(c, os.SEEK_CUR)
+            else:
+                f.write(c)
+        assert f.tell() <= size
+        f.truncate(size)
+
+
+# Runs in a child (its address space capped, so that a reader that does blow up fails this test
+# with a MemoryError instead of taking the machine down): one JSON line with what happened.
+_LOAD_CHILD = r"""
+import json, resource, sys, time
+import npllm
+from npllm.io.gguf import read_gguf
+
+
+def peak_rss():  # this process's own high-water mark (ru_maxrss can include the parent's, from fork)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmHWM:"))
+
+
+imported = peak_rss()
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+start = time.perf_counter()
+try:
+    read_gguf(sys.argv[1])
+    error, message = None, ""
+except BaseException as e:
+    error, message = type(e).__name__, str(e)
+seconds = time.perf_counter() - start
+print(json.dumps({"error": error, "message": message[:2000], "seconds": seconds,
+                  "peak_rss": peak_rss(), "import_rss": imported}))
+"""
+
+
+def _child_env():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
+                OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc/self/status (VmHWM)")
+@pytest.mark.parametrize("name", sorted(_hostile_layouts()))
+def test_sparse_file_with_huge_metadata_fails_fast_and_small(tmp_path, name):
+    import json
+    import subprocess
+    import sys
+
+    n_kv, chunks, mention = _hostile_layouts()[name]
+    path = tmp_path / f"{name}.gguf"
+    write_sparse_gguf(path, n_kv, chunks)
+    assert os.stat(path).st_blocks * 512 < 4 << 20  # sparse: a few KB on disk
+    proc = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(path)], capture_output=True, text=True,
+                          timeout=120, env=_child_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    checks = {"ModelFormatError": r["error"] == "ModelFormatError",
+              "one line naming the file": "\n" not in r["message"] and str(path) in r["message"],
+              f"mentions {mention!r}": mention in r["message"],
+              "under 1 s": r["seconds"] < 1.0,
+              "peak RSS under 200 MB, parse under 100 MB": r["peak_rss"] < 200 << 20
+              and r["peak_rss"] - r["import_rss"] < 100 << 20}
+    failed = [k for k, ok in checks.items() if not ok]
+    assert not failed, (failed, f"{r['seconds']:.2f} s, peak {r['peak_rss'] >> 20} MB "
+                                f"(import {r['import_rss'] >> 20} MB)", r["error"], r["message"][:300])
+
+
+def test_cli_info_on_a_hostile_sparse_file_prints_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    n_kv, chunks, _ = _hostile_layouts()["tokens_2p24"]
+    path = tmp_path / "hostile.gguf"
+    write_sparse_gguf(path, n_kv, chunks)
+    proc = subprocess.run([sys.executable, "-m", "npllm", "info", "-m", str(path)], capture_output=True,
+                          text=True, timeout=120, env=_child_env())
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("npllm: error: ") and "tokenizer.ggml.tokens" in lines[0], \
+        proc.stderr[-2000:]

@@ -4,11 +4,13 @@ A GGUF file is a header, a list of metadata key/values (the config, the
 tokenizer vocabulary, the chat template), a list of tensor descriptions, and
 then the tensor bytes.  ``_HeaderScan`` reads the header in one pass, checking
 every count and length against the bytes that remain, and collects the
-metadata as plain Python values.  The file is memory-mapped (``mmap``): each
-tensor is a NumPy view of its bytes, read from disk only when something
-touches it, and ``GGUFCheckpoint.release`` hands a tensor's pages back once a
-loader has copied it.  (The ``gguf`` package's ``GGUFReader`` reads the same
-files; the tests use it as the reference.)
+metadata: Python scalars and strings, and arrays of numbers as NumPy views of
+the file (a crafted file's huge arrays cost nothing until something reads
+them).  The file is memory-mapped (``mmap``): each tensor is a NumPy view of
+its bytes, read from disk only when something touches it, and
+``GGUFCheckpoint.release`` hands a tensor's pages back once a loader has copied
+it.  (The ``gguf`` package's ``GGUFReader`` reads the same files; the tests use
+it as the reference.)
 
 This module matches what HF transformers does in
 ``modeling_gguf_pytorch_utils.load_gguf_checkpoint`` (GGUF -> HF config and
@@ -205,7 +207,7 @@ class RawTensor:
 class GGUFCheckpoint:
     path: str
     architecture: str
-    metadata: Dict[str, Any]  # plain Python values (str, int, float, bool, lists)
+    metadata: Dict[str, Any]  # str, int, float, bool, lists of str, NumPy arrays of numbers
     config: ModelConfig
     tensors: Dict[str, RawTensor] = field(repr=False)  # HF key -> RawTensor
     file_map: Optional[mmap.mmap] = field(default=None, repr=False, compare=False)  # the views' memory
@@ -280,7 +282,8 @@ def read_gguf(path) -> GGUFCheckpoint:
 
 
 def read_gguf_metadata(path) -> Dict[str, Any]:
-    """Only the metadata (tokenizer, chat template...) as plain Python values."""
+    """Only the metadata (tokenizer, chat template...): Python scalars and strings, lists of
+    strings, and arrays of numbers as read-only NumPy arrays (see ``_HeaderScan``)."""
     _, file_map, header = _open(path)
     _close(file_map)
     return header.metadata
@@ -296,9 +299,13 @@ def _open(path):
         if size < 24:  # magic, version, tensor count, kv count
             raise ModelFormatError(f"{path}: file is too small to be GGUF ({size} bytes)")
         file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # stays valid after close
+        on_disk = _bytes_on_disk(size, f.fileno())
     try:
         _check_header(path, file_map)
-        header = _HeaderScan(file_map, len(file_map), path).run()
+        header = _HeaderScan(file_map, len(file_map), path, on_disk).run()
+    except MemoryError:  # the budget should prevent it; never a raw traceback
+        _close(file_map)
+        raise ModelFormatError(f"{path}: out of memory reading the GGUF metadata") from None
     except BaseException:
         _close(file_map)
         raise
@@ -327,7 +334,19 @@ _SCALAR_DTYPES = {0: np.dtype("<u1"), 1: np.dtype("<i1"), 2: np.dtype("<u2"), 3:
                   10: np.dtype("<u8"), 11: np.dtype("<i8"), 12: np.dtype("<f8")}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
 _MAX_NAME = 1 << 16  # key / tensor name length
-_MAX_ARRAY = 1 << 24  # metadata array items (a vocabulary has ~10**5)
+_MAX_ARRAY = 1 << 24  # items of any metadata array
+# A crafted file can claim arrays far larger than any model needs, and a sparse file holds
+# their bytes as a hole: 1 GiB long, a few KB on disk, all zeros, which are valid values.
+# So counts are also checked against what real tokenizers need (Gemma's 262,144 tokens, Gemma
+# 4's ~515k merges), with room to spare, and the Python objects the scan builds are charged
+# against a budget proportional to the bytes the file really holds on disk.
+_MAX_ITEMS = {"tokenizer.ggml.tokens": 1 << 20, "tokenizer.ggml.scores": 1 << 20,
+              "tokenizer.ggml.token_type": 1 << 20, "tokenizer.ggml.merges": 1 << 21}
+_MAX_STRING = 1 << 26  # one string value (a chat template is ~10 KB; a stored tokenizer.json tens of MB)
+_MAX_ARRAY_STRING = 1 << 16  # one string inside an array (a token, a merge)
+_MAX_INNER_ARRAYS = 1 << 16  # arrays inside arrays, in the whole file (real files have none)
+_BUDGET_FLOOR, _BUDGET_PER_BYTE = 16 << 20, 16  # bytes of Python objects: floor + 16 x bytes on disk
+_STR_COST, _NUMBER_COST, _ARRAY_COST = 84, 40, 128  # bytes (CPython: str header, list slot, ndarray)
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
@@ -343,9 +362,15 @@ class _TensorInfo:
 
 @dataclass
 class _Header:
-    metadata: Dict[str, Any]  # plain Python values, as gguf's ReaderField.contents() gives them
+    metadata: Dict[str, Any]  # see _HeaderScan
     tensors: list  # _TensorInfo, in file order
     data_start: int  # end of the tensor infos, rounded up to general.alignment
+
+
+def _bytes_on_disk(size: int, fileno: int) -> int:
+    """What the file really holds: its allocated blocks (a sparse file's holes hold nothing)."""
+    blocks = getattr(os.fstat(fileno), "st_blocks", 0)
+    return min(size, blocks * 512) if blocks else size  # 0: a filesystem that does not say
 
 
 class _HeaderScan:
@@ -353,18 +378,32 @@ class _HeaderScan:
     against the bytes that remain before it sizes anything (a corrupted array count of 2**32
     must fail at once, not loop far past the end of the file), and what is read is collected.
 
-    Metadata values come out as plain Python: ``str``; ``int``/``float``/``bool`` scalars (a
-    float32 becomes the Python float of that float32); arrays as lists, nested arrays flattened
-    into one list of their items (as ``gguf.GGUFReader``'s ``field.contents()`` returns them).
+    Metadata values: ``str``; ``int``/``float``/``bool`` scalars (a float32 becomes the Python
+    float of that float32); arrays of numbers as read-only 1-D NumPy arrays of the file's item
+    type (views of the file, read from disk only when touched; bools as a ``bool`` copy);
+    arrays of strings as lists of ``str``; nested arrays flattened into one list of their
+    items (as ``gguf.GGUFReader``'s ``field.contents()`` returns them).  Memory therefore grows
+    with the strings a file really holds, not with the counts it claims (see ``charge``).
     """
 
-    def __init__(self, buf, size: int, path: str):
+    def __init__(self, buf, size: int, path: str, on_disk: Optional[int] = None):
         self.buf, self.size, self.path, self.pos = buf, size, path, 8
         self.where = "header"
+        self.on_disk = size if on_disk is None else on_disk
+        self.limit = self.budget = _BUDGET_FLOOR + _BUDGET_PER_BYTE * self.on_disk
+        self.inner_arrays = 0
 
     def fail(self, what: str, at: Optional[int] = None):
         at = self.pos if at is None else at
         raise ModelFormatError(f"{self.path}: {what} (at byte {at}, in {self.where})")
+
+    def charge(self, n_bytes: int, what: str) -> None:
+        """Spend from the budget of Python objects *before* building them."""
+        self.budget -= n_bytes
+        if self.budget < 0:
+            self.fail(f"{what} would need more memory than the file can justify (the metadata may build "
+                      f"{self.limit >> 20} MB of Python objects for a file holding {self.on_disk:,} bytes "
+                      "on disk; sparse or corrupt?)")
 
     def take(self, n: int, what: str) -> int:
         if n < 0 or self.pos + n > self.size:
@@ -384,27 +423,29 @@ class _HeaderScan:
         n = self.u64(what + " length")
         if n > max_len:
             self.fail(f"{what} length {n} exceeds {max_len}")
+        self.charge(_STR_COST + n, what)
         start = self.take(n, what)
-        return self.text(self.buf[start:start + n], what, start)
+        return self.text(memoryview(self.buf)[start:start + n], what, start)  # decoded in place, not copied
 
-    def text(self, raw: bytes, what: str, at: int) -> str:
+    def text(self, raw, what: str, at: int) -> str:
         try:
-            return raw.decode("utf-8")
+            return str(raw, "utf-8")
         except UnicodeDecodeError:
-            self.fail(f"{what} {raw[:60]!r} is not valid UTF-8", at)
+            self.fail(f"{what} {bytes(raw[:60])!r} is not valid UTF-8", at)
 
     # ------------------------------------------------------------ metadata
-    def value(self, vtype: int):
-        """One metadata value (its type already read) as a plain Python value."""
+    def value(self, vtype: int, key: str):
+        """One metadata value (its type already read)."""
         if vtype in _SCALAR_DTYPES:
-            return self.scalars(vtype, 1)[0]
+            start = self.take(_SCALAR_DTYPES[vtype].itemsize, "value")
+            return np.frombuffer(self.buf, _SCALAR_DTYPES[vtype], 1, start)[0].item()
         if vtype == _STRING:
-            return self.string("string value", self.size)
+            return self.string("string value", _MAX_STRING)
         if vtype == _ARRAY:
-            return self.array(depth=0)
+            return self.array(_MAX_ITEMS.get(key, _MAX_ARRAY), depth=0)
         self.fail(f"unknown metadata value type {vtype}")
 
-    def array(self, depth: int) -> list:
+    def array(self, max_count: int, depth: int):
         """Item type, count, items.  Items of a nested array are arrays without a value type."""
         if depth > 2:
             self.fail("arrays nested too deeply")
@@ -412,37 +453,57 @@ class _HeaderScan:
         if itype not in _SCALAR_DTYPES and itype not in (_STRING, _ARRAY):
             self.fail(f"unknown array item type {itype}")
         count = self.u64("array count")
-        if count > _MAX_ARRAY:
-            self.fail(f"array count {count} exceeds {_MAX_ARRAY}")
+        if count > max_count:
+            self.fail(f"array count {count} exceeds {max_count}"
+                      + (" (no real tokenizer needs that many)" if max_count < _MAX_ARRAY else ""))
         min_item = _SCALAR_DTYPES[itype].itemsize if itype in _SCALAR_DTYPES else 8 if itype == _STRING else 12
         if count * min_item > self.size - self.pos:
             self.fail(f"array count {count} does not fit in the file")
         if itype in _SCALAR_DTYPES:
-            return self.scalars(itype, count)
+            return self.numbers(itype, count, as_list=depth > 0)
         if itype == _STRING:
             return self.strings(count)
+        self.inner_arrays += count
+        if self.inner_arrays > _MAX_INNER_ARRAYS:
+            self.fail(f"{self.inner_arrays} arrays nested in arrays exceed {_MAX_INNER_ARRAYS}")
+        self.charge(count * _ARRAY_COST, f"{count} nested arrays")
         items: list = []
         for _ in range(count):  # flattened, as GGUFReader's contents() returns nested arrays
-            items.extend(self.array(depth + 1))
+            items.extend(self.array(max_count, depth + 1))
         return items
 
-    def scalars(self, vtype: int, count: int) -> list:
-        """``count`` numbers of one type, decoded in bulk."""
-        dtype = _SCALAR_DTYPES[vtype]
-        start = self.take(count * dtype.itemsize, "value" if count == 1 else "array data")
-        return np.frombuffer(self.buf, dtype, count, start).tolist() if count else []
+    def numbers(self, itype: int, count: int, as_list: bool):
+        """``count`` numbers of one type: a read-only view of the file (bools: a bool copy), or,
+        inside a nested array, Python numbers."""
+        dtype = _SCALAR_DTYPES[itype]
+        start = self.take(count * dtype.itemsize, "array data")
+        if itype == 7:  # a GGUF bool is a byte; NumPy's bool must be 0 or 1
+            self.charge(_ARRAY_COST + count * (_NUMBER_COST if as_list else 1), f"{count} bools")
+            values = np.frombuffer(self.buf, np.uint8, count, start) != 0
+            values.setflags(write=False)
+        else:
+            self.charge(_ARRAY_COST + (count * _NUMBER_COST if as_list else 0), f"{count} numbers")
+            values = np.frombuffer(self.buf, dtype, count, start)
+        return values.tolist() if as_list else values
 
     def strings(self, count: int) -> list:
         """``count`` strings (a vocabulary or a merge list: ~10**5 of them, so a tight loop)."""
+        self.charge(count * _STR_COST, f"{count} strings")
         buf, size, pos, items = self.buf, self.size, self.pos, []
+        start, budget = pos, self.budget  # the strings' bytes are charged as they come
         for _ in range(count):
             if pos + 8 > size:
                 self.fail("string length needs 8 bytes but the file ends (truncated or corrupt)", pos)
             (n,) = _U64.unpack_from(buf, pos)
             if n > size - pos - 8:
                 self.fail(f"string length {n} does not fit in the file (truncated or corrupt)", pos)
+            if n > _MAX_ARRAY_STRING:
+                self.fail(f"string length {n} exceeds {_MAX_ARRAY_STRING}", pos)
+            if pos - start > budget:
+                self.charge(pos - start, f"{count} strings")
             items.append(self.text(buf[pos + 8:pos + 8 + n], "string", pos + 8))
             pos += 8 + n
+        self.charge(pos - start, f"{count} strings")
         self.pos = pos
         return items
 
@@ -455,7 +516,7 @@ class _HeaderScan:
         vtype = self.u32("value type")
         if key == "general.alignment" and vtype != _UINT32:
             self.fail(f"general.alignment has value type {vtype} (expected uint32, type {_UINT32})")
-        value = self.value(vtype)
+        value = self.value(vtype, key)
         if key == "general.alignment" and (value == 0 or value & (value - 1)):
             self.fail(f"general.alignment {value} is not a power of two")
         metadata[key] = value
@@ -647,8 +708,10 @@ def _window_layers(md, a: str, arch: str, n_layers: int):
         return None, None
     window = _get_int(md, a + "attention.sliding_window", hi=_MAX_CONTEXT)
     pattern = md.get(a + "attention.sliding_window_pattern")
-    if isinstance(pattern, list):  # newer converters: one bool per layer
-        if len(pattern) != n_layers or not all(isinstance(p, bool) for p in pattern):
+    if isinstance(pattern, (list, np.ndarray)):  # newer converters: one bool per layer
+        bools = pattern.dtype == np.bool_ if isinstance(pattern, np.ndarray) else \
+            all(isinstance(p, bool) for p in pattern)
+        if len(pattern) != n_layers or not bools:
             raise ModelFormatError(f"metadata {a}attention.sliding_window_pattern must hold one bool per layer")
         types = ["sliding_attention" if p else "full_attention" for p in pattern]
     elif arch in ("gemma2", "gemma3"):
