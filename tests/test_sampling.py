@@ -41,7 +41,7 @@ def descending_order(x):
 
 
 def kept(out):
-    return np.isfinite(out)
+    return np.asarray(out) > -np.inf
 
 
 # ============================================================== top-p
@@ -375,3 +375,69 @@ def test_bad_parameters_raise_a_value_error_naming_them(call, name):
     with pytest.raises(GenerationParameterError, match=name) as err:
         call()
     assert isinstance(err.value, ValueError)
+
+
+# ============================================================== +inf logits
+def test_sample_draws_the_plus_inf_token():
+    rng = np.random.default_rng(0)
+    x = np.array([[0.0, 1.0, np.inf, 2.0], [np.inf, 5.0, -np.inf, 0.0]])
+    draws = sampling.sample(np.tile(x, (200, 1)), rng).reshape(200, 2)
+    assert np.all(draws[:, 0] == 2) and np.all(draws[:, 1] == 0)
+
+
+def test_sample_is_uniform_among_several_plus_inf_tokens():
+    x = np.array([0.0, np.inf, 3.0, np.inf, -np.inf, np.inf])
+    n = 30_000
+    draws = sampling.sample(np.broadcast_to(x, (n, x.size)), np.random.default_rng(1))
+    counts = np.bincount(draws, minlength=x.size)
+    assert counts[[0, 2, 4]].sum() == 0
+    e = n / 3
+    chi2 = float(np.sum((counts[[1, 3, 5]] - e) ** 2 / e))
+    assert chi2 < chi2_critical(2), counts
+
+
+def test_softmax_gives_the_plus_inf_tokens_all_the_mass():
+    np.testing.assert_array_equal(sampling.softmax(np.array([1.0, np.inf, 0.0])), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(sampling.softmax(np.array([[np.inf, np.inf, -np.inf, 7.0]])),
+                                  [[0.5, 0.5, 0.0, 0.0]])
+    np.testing.assert_array_equal(sampling.log_softmax(np.array([np.inf, 0.0])), [0.0, -np.inf])
+
+
+def test_min_p_with_a_plus_inf_logit_keeps_only_the_plus_inf_tokens():
+    x = np.array([[0.0, 1.0, np.inf, 2.0], [np.inf, np.inf, 3.0, -1.0]])
+    np.testing.assert_array_equal(kept(sampling.min_p_filter(x, 0.1)),
+                                  [[False, False, True, False], [True, True, False, False]])
+    np.testing.assert_array_equal(kept(sampling.min_p_filter(x, 0.0)), x > -np.inf)
+
+
+# ============================================================== exact ties at the top-p cut
+@pytest.mark.parametrize("n,p", [(300, 0.5), (100, 0.5), (100, 0.3), (1000, 0.5), (10, 0.9), (49152, 0.25)])
+def test_top_p_on_a_uniform_row_keeps_the_tokens_whose_mass_reaches_exactly_p(n, p):
+    """n equal logits: each token has probability 1/n, so round(p n) tokens reach exactly p
+    (150 of 300 at p = 0.5, as HF keeps); one more would not be the smallest such set."""
+    expected = round(p * n)
+    for dtype in (np.float32, np.float64):
+        x = np.full(n, 1.5, dtype=dtype)
+        assert kept(sampling.top_p_filter(x, p)).sum() == expected
+        try:
+            _jit.use_reference(True)
+            assert kept(sampling.top_p_filter(x, p)).sum() == expected
+        finally:
+            _jit.use_reference(False)
+
+
+# ============================================================== temperature overflow
+@pytest.mark.parametrize("t", [1e-37, 1e-39, 1e-45, 1e-300, 5e-324])
+def test_a_temperature_so_small_that_logits_over_t_overflows_puts_all_mass_on_the_argmax(t):
+    x = np.array([[3.0, 2.0, -1.0, 2.5], [-4.0, 0.0, -np.inf, -0.5]], dtype=np.float32)
+    out = sampling.apply_temperature(x, t)
+    assert out.dtype == np.float32 and not np.isnan(out).any()
+    np.testing.assert_array_equal(sampling.softmax(out), [[1, 0, 0, 0], [0, 1, 0, 0]])
+    draws = sampling.sample(np.tile(out, (50, 1)), np.random.default_rng(0))
+    np.testing.assert_array_equal(draws, np.tile([0, 1], 50))
+
+
+def test_a_tiny_temperature_keeps_exact_ties_at_the_top_tied():
+    """Equal logits stay equal at every temperature > 0, so the limit shares the mass among them."""
+    x = np.array([1.0, 7.0, 7.0, -2.0], dtype=np.float32)
+    np.testing.assert_array_equal(sampling.softmax(sampling.apply_temperature(x, 1e-40)), [0, 0.5, 0.5, 0])
