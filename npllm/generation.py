@@ -35,7 +35,7 @@ import numpy as np
 
 from . import sampling
 from .errors import GenerationParameterError, NpllmError
-from .sampling import _check_float, _check_int
+from .sampling import _check_float, _check_int, _integer
 from .stopping import (EosTokenCriteria, MaxNewTokensCriteria, RepetitionCriteria, StopSequenceCriteria,
                        StoppingCriteriaList)
 
@@ -102,11 +102,17 @@ def _as_mask(attention_mask, shape):
 
 
 def _token_list(name, value, vocab_size):
-    values = [value] if isinstance(value, Integral) else list(value)
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, Integral) or not 0 <= v < vocab_size:
-            raise GenerationParameterError(f"{name} must be token ids in [0, {vocab_size}), got {value!r}")
-    return [int(v) for v in values]
+    """One token id or a sequence of them, of any integer type (0-d arrays too) -> [int] in [0, V)."""
+    one = _integer(value)
+    if one is not None:
+        values = [one]
+    elif isinstance(value, (str, bytes)) or not np.iterable(value):
+        values = [None]
+    else:
+        values = [_integer(v) for v in value]
+    if any(v is None or not 0 <= v < vocab_size for v in values):
+        raise GenerationParameterError(f"{name} must be integer token ids in [0, {vocab_size}), got {value!r}")
+    return values
 
 
 def _resolve_special_ids(model, eos_token_id, pad_token_id, vocab_size):
@@ -131,10 +137,8 @@ def _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop, 
     if eos:
         criteria.append(EosTokenCriteria(eos))
     if stop_token_sequences is not None:
-        seqs = [[s] if isinstance(s, Integral) else list(s) for s in stop_token_sequences]
-        for s in seqs:
-            _token_list("stop_token_sequences", s, vocab_size)
-        criteria.append(StopSequenceCriteria(seqs))
+        criteria.append(StopSequenceCriteria(
+            [_token_list("stop_token_sequences", s, vocab_size) for s in stop_token_sequences]))
     if stopping_criteria is not None:
         user = [stopping_criteria] if callable(stopping_criteria) else list(stopping_criteria)
         for c in user:
@@ -159,6 +163,29 @@ def _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop, 
 
 
 # ============================================================== the loop's helpers
+class _CheckedProcessor:
+    """A user's logits processor, whose result is checked: float scores [B, V] without NaN."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, input_ids, scores):
+        out = self.processor(input_ids, scores)
+        if not isinstance(out, np.ndarray) or not np.issubdtype(out.dtype, np.floating) \
+                or out.shape != scores.shape:
+            what = (f"an array of shape {out.shape} dtype {out.dtype}" if isinstance(out, np.ndarray)
+                    else f"{type(out).__name__}")
+            raise GenerationParameterError(
+                f"logits_processor {self.processor!r} returned {what}; it must return the processed scores, "
+                f"a float array of shape {scores.shape}")
+        if np.isnan(out).any():
+            raise GenerationParameterError(f"logits_processor {self.processor!r} returned NaN scores")
+        return out
+
+    def __repr__(self):
+        return repr(self.processor)
+
+
 def _forward(model, ids, mask, cache, positions, keep_last):
     """One forward call; only the last position's logits are needed."""
     kw = {"logits_to_keep": 1} if keep_last else {}
@@ -301,7 +328,14 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
         min_new_tokens=min_new_tokens, eos_token_ids=eos, prompt_length=T0,
         prompt_ignore_length=np.argmax(mask == 1, axis=1))  # HF: left padding is not "seen"
     if logits_processor is not None:
-        processors.extend([logits_processor] if callable(logits_processor) else logits_processor)
+        user = ([logits_processor] if callable(logits_processor) or not np.iterable(logits_processor)
+                else list(logits_processor))
+        for proc in user:
+            if not callable(proc):
+                raise GenerationParameterError(
+                    f"logits_processor must be a callable (input_ids, scores) -> scores or a list of them, "
+                    f"got {proc!r}")
+        processors.extend(_CheckedProcessor(proc) for proc in user)
     criteria = _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop,
                                stopping_criteria, V)
 

@@ -55,10 +55,21 @@ def _bad(name, value, expected):
     raise GenerationParameterError(f"{name} must be {expected}, got {value!r}")
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        _bad(name, value, f"an integer >= {minimum}")
+def _integer(value):
+    """``value`` as a Python int when it is an integer of any integer type (a 0-d integer
+    array too); None otherwise (floats, bools, strings, sequences)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
+        return None
     return int(value)
+
+
+def _check_int(name, value, minimum):
+    v = _integer(value)
+    if v is None or v < minimum:
+        _bad(name, value, f"an integer >= {minimum}")
+    return v
 
 
 def _check_float(name, value, low, high, low_open=False, high_open=False):

@@ -342,6 +342,8 @@ BAD = [
     (dict(attention_mask=[[1, 1]]), "attention_mask"),
     (dict(attention_mask=[[0, 0, 0]]), "attention_mask"),
     (dict(streamer=42), "streamer"),
+    (dict(logits_processor=42), "logits_processor"),
+    (dict(logits_processor=[lambda ids, s: s, "x"]), "logits_processor"),
 ]
 
 
@@ -410,3 +412,50 @@ def test_chunked_prefill_gives_the_same_scores_as_one_pass(monkeypatch):
     chunked = model.generate(ids, **kw)
     assert np.array_equal(whole.sequences, chunked.sequences)
     assert max(np.abs(a - b).max() for a, b in zip(whole.scores, chunked.scores)) < 1e-10
+
+
+# ============================================================== a vanishing temperature
+def test_a_temperature_that_overflows_the_logits_samples_the_greedy_tokens(model):
+    """logits / 1e-40 overflows float32; the limit of sampling is the argmax, never id 0."""
+    prompt = [[5, 17, 33, 2], [61, 3, 3, 77]]
+    greedy = generate(model, prompt, max_new_tokens=8, temperature=0, eos_token_id=[])
+    for t in (1e-40, 1e-300):
+        np.testing.assert_array_equal(
+            generate(model, prompt, max_new_tokens=8, temperature=t, seed=0, eos_token_id=[]), greedy)
+
+
+# ============================================================== token-id arguments of any integer type
+@pytest.mark.parametrize("eos", [np.int64(7), np.int32(7), np.uint8(7), np.array(7), [np.int16(7)],
+                                 np.array([7]), (7,)],
+                         ids=["int64", "int32", "uint8", "0-d-array", "list-int16", "1-d-array", "tuple"])
+def test_eos_and_pad_ids_accept_any_integer_type(model, eos):
+    want = generate(model, [[1, 2, 3]], max_new_tokens=4, temperature=0, eos_token_id=7, pad_token_id=0,
+                    return_dict_in_generate=True)
+    got = generate(model, [[1, 2, 3]], max_new_tokens=4, temperature=0, eos_token_id=eos,
+                   pad_token_id=np.array(0), return_dict_in_generate=True)
+    np.testing.assert_array_equal(got.sequences, want.sequences)
+    assert got.stop_reasons == want.stop_reasons
+
+
+@pytest.mark.parametrize("eos", [2.0, np.float64(2.0), np.array(2.0), [2, 3.0], "2", True, [[2]], object()],
+                         ids=["float", "np-float", "0-d-float-array", "list-with-float", "str", "bool",
+                              "nested", "object"])
+def test_non_integer_eos_ids_raise_an_error_naming_eos_token_id(model, eos):
+    with pytest.raises(GenerationParameterError, match="eos_token_id"):
+        generate(model, [[1, 2, 3]], max_new_tokens=2, eos_token_id=eos)
+
+
+@pytest.mark.parametrize("pad", [2.5, np.array(1.0), "0", [1, 2]], ids=["float", "float-array", "str", "two"])
+def test_non_integer_pad_id_raises_an_error_naming_pad_token_id(model, pad):
+    with pytest.raises(GenerationParameterError, match="pad_token_id"):
+        generate(model, [[1, 2, 3]], max_new_tokens=2, pad_token_id=pad)
+
+
+@pytest.mark.parametrize("result", [None, "shape", "ints", "list"])
+def test_a_logits_processor_returning_no_scores_raises_an_error_naming_it(model, result):
+    def broken(input_ids, scores):
+        return {"none": None, "shape": scores[:, :-1], "ints": scores.astype(np.int64),
+                "list": scores.tolist()}.get(result)
+
+    with pytest.raises(GenerationParameterError, match="logits_processor"):
+        generate(model, [[1, 2, 3]], max_new_tokens=2, logits_processor=broken)
