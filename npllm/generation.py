@@ -6,7 +6,8 @@
 
 The seed's three pitfalls, handled here:
 
-1. one preallocated KV cache for the whole run (``model.new_cache(B, T0 + max_new_tokens)``);
+1. one preallocated KV cache for the whole run (``model.new_cache``), written in place; it starts
+   at the prompt plus ``CACHE_CHUNK`` positions and doubles when full (``KVCache.reserve``);
 2. after the prefill, only the new token goes through the model;
 3. the attention mask grows by one column per step, and positions come from it,
    so left-padded rows count positions from their first real token.
@@ -348,15 +349,48 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     return out if return_dict_in_generate else out.sequences
 
 
+CACHE_CHUNK = 256  # positions allocated past the prompt at first; then the buffers double as needed
+
+
+def _room(now, needed, total):
+    """The next buffer length: double the current one, at least ``needed``, at most ``total``."""
+    return min(total, max(needed, 2 * now))
+
+
+def _widen(a, cols, fill):
+    """``a`` [B, n] copied into a new [B, cols] buffer (the new columns hold ``fill``)."""
+    out = np.full((a.shape[0], cols), fill, dtype=a.dtype)
+    out[:, :a.shape[1]] = a
+    return out
+
+
+def _new_cache(model, B, n, total):
+    """A KV cache with room for ``n`` positions and ``CACHE_CHUNK`` more, growable to ``total``.
+
+    A cache without ``reserve`` (a duck-typed model's) gets all ``total`` positions at once;
+    None when the model has no ``new_cache`` (its forward then concatenates).
+    """
+    if not hasattr(model, "new_cache"):
+        return None
+    cache = model.new_cache(B, min(total, n + CACHE_CHUNK))
+    return cache if hasattr(cache, "reserve") else model.new_cache(B, total)
+
+
 def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
                  streamer, output_scores, output_logprobs) -> GenerateOutput:
-    """Prefill once, then one token per step through the preallocated cache."""
+    """Prefill once, then one token per step through the preallocated cache.
+
+    The token and mask buffers and the KV cache start at the prompt plus
+    ``CACHE_CHUNK`` positions and double when full, up to ``T0 + max_new_tokens``
+    (already capped at the model's context): a run that stops early never holds
+    memory for the positions it did not reach.
+    """
     B, T0 = ids.shape
-    # Buffers for the whole run: tokens and mask grow to the right, one column per step.
-    seqs = np.full((B, T0 + max_new_tokens), pad, dtype=np.int64)  # [B, T0 + max_new]
-    seqs[:, :T0] = ids
-    full_mask = np.ones((B, T0 + max_new_tokens), dtype=np.int64)
-    full_mask[:, :T0] = mask
+    total = T0 + max_new_tokens
+    # Tokens and mask grow to the right, one column per step.
+    cols = min(total, T0 + CACHE_CHUNK)
+    seqs = _widen(ids, cols, pad)  # [B, cols]
+    full_mask = _widen(mask, cols, 1)  # [B, cols]
     live = np.ones(B, dtype=bool)  # rows still generating
     reasons: List[Optional[str]] = ["length"] * B if max_new_tokens == 0 else [None] * B
     new_counts = np.zeros(B, dtype=np.int64)
@@ -364,8 +398,7 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
     n = 0
     if max_new_tokens > 0:
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
-        new_cache = (lambda: model.new_cache(B, T0 + max_new_tokens)) if hasattr(model, "new_cache") else None
-        cache = new_cache() if new_cache else None
+        cache = _new_cache(model, B, T0, total)
         # LongRoPE (Phi-3): past this length every position uses the long factors (HF recomputes)
         switch = getattr(getattr(model, "config", None), "rope_switch_length", None)
         positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)  # [B, T0] as HF
@@ -375,6 +408,9 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
             _check_finite(logits, live, step)
             scores = processors(seqs[:, :S], logits.astype(np.float32, copy=False))  # [B, V]
             tok = _select(scores, live, do_sample, rng, pad, step)  # [B]
+            if S == seqs.shape[1]:
+                cols = _room(cols, S + 1, total)
+                seqs, full_mask = _widen(seqs, cols, pad), _widen(full_mask, cols, 1)
             seqs[:, S] = tok
             new_counts += live
             n = step + 1
@@ -394,11 +430,16 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
             if S == switch:  # the sequence passes LongRoPE's original context: recompute it all
                 m = full_mask[:, :S + 1]
                 positions = np.where(m == 0, 1, np.cumsum(m, axis=1) - 1)
-                logits, cache = _prefill(model, seqs[:, :S + 1], m, new_cache() if new_cache else None,
+                logits, cache = _prefill(model, seqs[:, :S + 1], m, _new_cache(model, B, S + 1, total),
                                          positions, keep_last)
                 continue
-            pos = full_mask[:, :S + 1].sum(axis=1, keepdims=True) - 1  # [B, 1] position of the new token
-            logits, cache = _forward(model, tok[:, None], full_mask[:, :S + 1], cache, pos, keep_last)
+            if cache is not None and hasattr(cache, "reserve") and S + 1 > cache.max_seq_len:
+                cache.reserve(_room(cache.max_seq_len, S + 1, total))  # copies the stored positions
+            # A contiguous mask: the kernels compile one version per memory layout, and the two
+            # may round differently; this way the logits never depend on the buffers' widths.
+            m = np.ascontiguousarray(full_mask[:, :S + 1])  # [B, S + 1]
+            pos = m.sum(axis=1, keepdims=True) - 1  # [B, 1] position of the new token
+            logits, cache = _forward(model, tok[:, None], m, cache, pos, keep_last)
 
     return GenerateOutput(
         sequences=seqs[:, :T0 + n], stop_reasons=list(reasons),

@@ -459,3 +459,84 @@ def test_a_logits_processor_returning_no_scores_raises_an_error_naming_it(model,
 
     with pytest.raises(GenerationParameterError, match="logits_processor"):
         generate(model, [[1, 2, 3]], max_new_tokens=2, logits_processor=broken)
+
+
+# ============================================================== memory: buffers grow with the tokens reached
+def traced_peak(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_generate_allocates_for_the_tokens_it_reaches_not_for_the_context_limit():
+    """max_new_tokens=10**9 is capped at the 2**20-position context; a run that stops after
+    5 tokens must not hold a KV cache for 2**20 positions (2 x 2 x 2**20 x 2 x 16 x 4 B = 512 MiB)."""
+    config = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=2 ** 20)
+    model = CausalLM(config, seed=0)
+    stop_after_5 = lambda ids, new, T0: np.full(ids.shape[0], ids.shape[1] - T0 >= 5)  # noqa: E731
+    out = []
+    peak = traced_peak(lambda: out.append(model.generate(
+        [[1, 2, 3]], max_new_tokens=10 ** 9, temperature=0, eos_token_id=[], stopping_criteria=stop_after_5)))
+    assert out[0].shape == (1, 8)
+    assert peak < 16 * 2 ** 20, peak
+
+
+class CountingModel:
+    """A model without a context limit whose next token is (last token + 1) % 10."""
+
+    class config:
+        vocab_size = 10
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None):
+        logits = np.zeros((input_ids.shape[0], input_ids.shape[1], 10), np.float32)
+        logits[:, -1, (input_ids[:, -1] + 1) % 10] = 1.0
+        return logits, None
+
+
+def test_without_a_context_limit_a_huge_max_new_tokens_allocates_only_what_is_generated():
+    out = []
+    peak = traced_peak(lambda: out.append(generate(CountingModel(), [[3]], max_new_tokens=10 ** 9,
+                                                   temperature=0, eos_token_id=9)))
+    np.testing.assert_array_equal(out[0], [[3, 4, 5, 6, 7, 8, 9]])
+    assert peak < 16 * 2 ** 20, peak
+
+
+def test_a_kv_cache_grown_in_chunks_gives_the_logits_of_a_full_preallocated_one():
+    config = ModelConfig(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = CausalLM(config, seed=5)
+    ids = np.random.default_rng(1).integers(0, 60, size=(2, 30))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    full, grown = model.new_cache(2, 30), model.new_cache(2, 2)
+    sizes = []
+    for start, end in [(0, 5)] + [(i, i + 1) for i in range(5, 30)]:  # a 5-token prefill, then decode
+        if end > grown.max_seq_len:
+            grown.reserve(min(30, max(end, 2 * grown.max_seq_len)))
+        sizes.append(grown.max_seq_len)
+        kw = dict(attention_mask=mask[:, :end], use_cache=True)
+        a, full = model.forward(ids[:, start:end], past_key_values=full, **kw)
+        b, grown = model.forward(ids[:, start:end], past_key_values=grown, **kw)
+        np.testing.assert_array_equal(a, b)
+    assert sorted(set(sizes)) == [5, 10, 20, 30] and grown.nbytes == full.nbytes
+    np.testing.assert_array_equal(grown.keys[1], full.keys[1])
+
+
+def test_generate_with_a_small_cache_chunk_gives_the_same_tokens_and_scores(model, batch, monkeypatch):
+    from npllm import generation
+
+    rows, ids, mask = batch
+    kw = dict(attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0.9, top_p=0.95, seed=3,
+              eos_token_id=[], return_dict_in_generate=True, output_scores=True)
+    whole = generate(model, ids, **kw)
+    monkeypatch.setattr(generation, "CACHE_CHUNK", 1)  # T0 + 1 positions at first: they grow twice
+    grown = generate(model, ids, **kw)
+    np.testing.assert_array_equal(grown.sequences, whole.sequences)
+    for a, b in zip(whole.scores, grown.scores):
+        np.testing.assert_array_equal(a, b)
