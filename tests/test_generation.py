@@ -540,3 +540,55 @@ def test_generate_with_a_small_cache_chunk_gives_the_same_tokens_and_scores(mode
     np.testing.assert_array_equal(grown.sequences, whole.sequences)
     for a, b in zip(whole.scores, grown.scores):
         np.testing.assert_array_equal(a, b)
+
+
+# ============================================================== which tokens the penalties count
+def test_the_repetition_penalty_does_not_count_left_padding(hf_model, model):
+    """HF passes the padding lengths as prompt_ignore_length: PAD tokens on the left are not
+    "seen".  The pad id here is the token the short row generates first, so counting the
+    padding would penalise exactly the token it needs."""
+    row, penalty = [12, 50], 3.0
+    alone = generate(model, [row], max_new_tokens=MAX_NEW, temperature=0, repetition_penalty=penalty,
+                     eos_token_id=[])
+    pad = int(alone[0, len(row)])
+    assert pad not in row
+    logits, _ = model.forward(np.array([row]))  # the test can fail: penalising pad changes the first token
+    first = logits[0, -1].astype(np.float64)
+    seen = [*row, pad]
+    first[seen] = np.where(first[seen] > 0, first[seen] / penalty, first[seen] * penalty)
+    assert int(np.argmax(first)) != pad
+
+    ids = np.array([[5, 17, 33, 2, 90], [pad, pad, pad, *row]])
+    mask = np.array([[1] * 5, [0, 0, 0, 1, 1]])
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                   repetition_penalty=penalty, eos_token_id=[], pad_token_id=pad)
+    np.testing.assert_array_equal(out[1, 5:], alone[0, len(row):])
+    with torch.no_grad():
+        theirs = hf_model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                   do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=pad,
+                                   eos_token_id=None, repetition_penalty=penalty, top_k=None, top_p=None,
+                                   temperature=None).numpy()
+    np.testing.assert_array_equal(out, theirs)
+
+
+def test_frequency_and_presence_penalties_count_only_generated_tokens(model):
+    """OpenAI's formula, c[j] = how often j was *sampled* so far (vLLM: "in the generated text"):
+    logit[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty.  The expected scores are
+    rebuilt from one uncached forward over the final sequences, with counts written out here;
+    the prompt and its left padding never count."""
+    ids = np.array([[77, 77, 77, 61, 3, 3, 77], [0, 0, 0, 0, 0, 12, 50]])
+    mask = np.array([[1] * 7, [0] * 5 + [1, 1]])
+    fp, pp = 0.75, 0.5
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                   frequency_penalty=fp, presence_penalty=pp, eos_token_id=[], pad_token_id=0,
+                   return_dict_in_generate=True, output_scores=True)
+    seqs, T0 = out.sequences, ids.shape[1]
+    full_mask = np.concatenate([mask, np.ones((2, MAX_NEW), np.int64)], axis=1)
+    raw, _ = model.forward(seqs, attention_mask=full_mask)  # [B, T0 + n, V], no cache
+    for step, scores in enumerate(out.scores):
+        counts = np.zeros((2, V))
+        for b in range(2):
+            for tok in seqs[b, T0:T0 + step]:
+                counts[b, tok] += 1
+        expected = raw[:, T0 - 1 + step].astype(np.float64) - fp * counts - pp * (counts > 0)
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
