@@ -463,12 +463,15 @@ def test_a_logits_processor_returning_no_scores_raises_an_error_naming_it(model,
 
 # ============================================================== memory: buffers grow with the tokens reached
 def traced_peak(fn):
+    """Bytes allocated at the peak of a second call of ``fn`` (the first compiles the kernels)."""
     import tracemalloc
 
+    fn()
     tracemalloc.start()
     try:
+        start = tracemalloc.get_traced_memory()[0]
         fn()
-        return tracemalloc.get_traced_memory()[1]
+        return tracemalloc.get_traced_memory()[1] - start
     finally:
         tracemalloc.stop()
 
@@ -495,7 +498,7 @@ class CountingModel:
 
     def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None):
         logits = np.zeros((input_ids.shape[0], input_ids.shape[1], 10), np.float32)
-        logits[:, -1, (input_ids[:, -1] + 1) % 10] = 1.0
+        logits[np.arange(input_ids.shape[0]), -1, (input_ids[:, -1] + 1) % 10] = 1.0
         return logits, None
 
 
@@ -592,3 +595,26 @@ def test_frequency_and_presence_penalties_count_only_generated_tokens(model):
                 counts[b, tok] += 1
         expected = raw[:, T0 - 1 + step].astype(np.float64) - fp * counts - pp * (counts > 0)
         np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+def test_ids_past_the_tokenizer_vocabulary_but_inside_the_model_vocabulary_are_valid():
+    """Checkpoints often pad the embedding matrix (model V > tokenizer V).  generate checks ids
+    against the model's V: such ids may be prompt tokens, EOS, padding, or generated."""
+
+    class Padded(CountingModel):
+        class config:
+            vocab_size = 12  # a tokenizer of 10 tokens: ids 10 and 11 are padding rows
+
+        def forward(self, input_ids, **kw):
+            logits = np.zeros((input_ids.shape[0], input_ids.shape[1], 12), np.float32)
+            logits[np.arange(input_ids.shape[0]), -1, (input_ids[:, -1] + 1) % 12] = 1.0
+            return logits, None
+
+    out = generate(Padded(), [[8], [0]], max_new_tokens=5, temperature=0, eos_token_id=11, pad_token_id=10,
+                   stop_token_sequences=[[10, 11]], return_dict_in_generate=True)
+    np.testing.assert_array_equal(out.sequences, [[8, 9, 10, 11, 10, 10], [0, 1, 2, 3, 4, 5]])
+    assert out.stop_reasons == ["eos", "length"]  # EOS is checked before the stop sequences
+    np.testing.assert_array_equal(generate(Padded(), [[11, 10]], max_new_tokens=1, temperature=0,
+                                           eos_token_id=[]), [[11, 10, 11]])
+    with pytest.raises(GenerationParameterError, match="input_ids"):
+        generate(Padded(), [[12]], max_new_tokens=1)
