@@ -136,7 +136,8 @@ def softmax(logits, axis: int = -1) -> np.ndarray:
     z = _posinf_view(np.asarray(logits, dtype=np.float64), axis)
     m = np.max(z, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(z - m)
+    with np.errstate(over="ignore"):  # z - m overflows to -inf only where exp gives 0 anyway
+        e = np.exp(z - m)
     s = np.sum(e, axis=axis, keepdims=True)
     return e / np.where(s == 0, 1.0, s)
 
@@ -146,7 +147,7 @@ def log_softmax(logits, axis: int = -1) -> np.ndarray:
     z = _posinf_view(np.asarray(logits, dtype=np.float64), axis)
     m = np.max(z, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         return z - m - np.log(np.sum(np.exp(z - m), axis=axis, keepdims=True))
 
 
@@ -167,7 +168,11 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
     t = _check_float("temperature", temperature, 0.0, math.inf, low_open=True, high_open=True)
     x, was_1d = _as_logits(logits)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        out = x / x.dtype.type(t)  # (t itself may round to 0 in float32)
+        tt = x.dtype.type(t)
+        if np.finfo(x.dtype).tiny <= tt < np.inf:
+            out = x / tt
+        else:  # t is subnormal, 0 or inf in the dtype (float32 below 1.2e-38): divide in float64
+            out = (x.astype(np.float64) / t).astype(x.dtype)
         lost = (np.isfinite(x) & ~np.isfinite(out)).any(axis=-1)  # [B] rows that overflowed
         if lost.any():
             rows = x[lost].astype(np.float64)
@@ -224,6 +229,7 @@ def _top_p_ref(x: np.ndarray, top_p: float, min_tokens_to_keep: int) -> np.ndarr
     drop_sorted[:, :min_tokens_to_keep] = False
     drop = np.empty_like(drop_sorted)
     np.put_along_axis(drop, order, drop_sorted, axis=-1)  # back to token-id order
+    drop |= np.isneginf(z)  # finite logits beside a +inf one have probability 0
     return np.where(drop, -np.inf, x).astype(x.dtype, copy=False)
 
 
@@ -290,6 +296,7 @@ def top_p_filter(logits, top_p: float, min_tokens_to_keep: int = 1) -> np.ndarra
     drop = np.zeros(x.shape, dtype=np.bool_)
     z = _posinf_view(np.ascontiguousarray(x, dtype=np.float64))
     _top_p_kernel(z, p, m, _mass_tolerance(x.shape[-1]), drop)
+    drop |= np.isneginf(z)  # finite logits beside a +inf one have probability 0
     return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
 
 
@@ -303,7 +310,8 @@ def min_p_filter(logits, min_p: float, min_tokens_to_keep: int = 1) -> np.ndarra
     m = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
     x, was_1d = _as_logits(logits)
     probs = softmax(x)  # [B, V]
-    drop = probs < mp * probs.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # (a row of -inf: 0 / 0, nothing to drop)
+        drop = probs / probs.max(axis=-1, keepdims=True) < mp  # the ratio cannot underflow like mp * max
     best = np.argsort(-probs, axis=-1, kind="stable")[:, :m]  # [B, m]
     np.put_along_axis(drop, best, False, axis=-1)
     return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
@@ -359,7 +367,8 @@ def apply_repetition_penalty(logits, input_ids, penalty: float, prompt_ignore_le
         keep = np.arange(ids.shape[1])[None, :] >= skip[:, None]  # [B, S]
     rows = np.broadcast_to(np.arange(B)[:, None], ids.shape)
     seen[rows[keep], ids[keep]] = True
-    scaled = np.where(x < 0, x * x.dtype.type(pen), x / x.dtype.type(pen))
+    with np.errstate(over="ignore"):  # beyond the dtype's range: -inf or +inf, the right limit
+        scaled = np.where(x < 0, x * x.dtype.type(pen), x / x.dtype.type(pen))
     return _finish(np.where(seen, scaled, x), was_1d)
 
 

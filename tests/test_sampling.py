@@ -441,3 +441,28 @@ def test_a_tiny_temperature_keeps_exact_ties_at_the_top_tied():
     """Equal logits stay equal at every temperature > 0, so the limit shares the mass among them."""
     x = np.array([1.0, 7.0, 7.0, -2.0], dtype=np.float32)
     np.testing.assert_array_equal(sampling.softmax(sampling.apply_temperature(x, 1e-40)), [0, 0.5, 0.5, 0])
+
+
+# ============================================================== found by npllm.testing.check_filter
+def test_top_p_on_a_row_with_plus_inf_drops_the_finite_tokens():
+    x = np.array([[np.inf, np.inf, 0.0, 0.0, 3.0]], dtype=np.float32)
+    for p, want in [(5e-324, [True, False]), (0.5, [True, False]), (0.9, [True, True])]:
+        np.testing.assert_array_equal(kept(sampling.top_p_filter(x, p)), [want + [False] * 3])
+
+
+def test_min_p_does_not_underflow_its_threshold():
+    """min_p * p_max underflows to 0 for min_p = 5e-324; p_i / p_max < min_p does not."""
+    x = np.array([np.inf, np.inf, 0.0])
+    np.testing.assert_array_equal(kept(sampling.min_p_filter(x, 5e-324)), [True, True, False])
+
+
+@pytest.mark.parametrize("t", [8.86e-41, 1e-45, 3.5e38, 1e300])
+def test_a_temperature_outside_the_float32_range_still_divides_exactly(t):
+    """float32(t) is subnormal, 0 or inf here: dividing by it would lose digits or give NaN."""
+    x = np.array([0.015625, -np.inf, 1e-20, -1e-3], dtype=np.float32)
+    out = sampling.apply_temperature(x, t)
+    with np.errstate(over="ignore"):
+        want = (x.astype(np.float64) / t).astype(np.float32)
+    if np.isfinite(want[np.isfinite(x)]).all():
+        np.testing.assert_array_equal(out, want)
+    assert not np.isnan(out).any() and out.dtype == np.float32
