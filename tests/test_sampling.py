@@ -223,8 +223,8 @@ def test_repetition_penalty_sign_rule(x, penalty, data):
     seen[ids] = True
     np.testing.assert_array_equal(out[~seen], x[~seen])
     pos, neg = seen & (x > 0), seen & (x < 0)
-    np.testing.assert_allclose(out[pos], x[pos] / penalty)  # positive logits are divided
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # beyond float64's range both sides are +-inf
+        np.testing.assert_allclose(out[pos], x[pos] / penalty)  # positive logits are divided
         np.testing.assert_allclose(out[neg], x[neg] * penalty)  # negative ones multiplied
     if penalty > 1:  # a penalty > 1 never makes a seen token more likely
         assert np.all(out[seen] <= x[seen])
