@@ -1,13 +1,16 @@
 """Lesson 05 — the KV cache (seed section 2).
 
-Two forms that give identical logits:
+Two forms that give the same logits (up to float32 rounding: the preallocated
+cache takes the fused decode kernel, which sums in another order):
 
 * The seed's teaching form: ``past_key_values`` is a list with one
   ``(key, value)`` pair per layer, each ``[B, Hkv, S, Dh]``, grown by
   ``np.concatenate`` at every step (``concat_update``).  Simple, but every
   step copies the whole cache.
 * ``KVCache``: one preallocated buffer per layer, ``[B, Hkv, S_max, Dh]``,
-  written in place.  This is what ``generate`` uses.
+  written in place.  This is what ``generate`` uses; ``reserve`` grows it
+  (``generate`` doubles it when full, so a run that stops early never holds a
+  whole context).
 
 Memory (seed section 2.4):
     2 x num_layers x batch x num_kv_heads x seq_len x head_dim x sizeof(dtype)

@@ -476,3 +476,21 @@ def test_a_temperature_outside_the_float32_range_still_divides_exactly(t):
     if np.isfinite(want[np.isfinite(x)]).all():
         np.testing.assert_array_equal(out, want)
     assert not np.isnan(out).any() and out.dtype == np.float32
+
+
+# ============================================================== order of the processors
+@given(grid_rows_with_neg_inf(), st.integers(1, 30), st.floats(0.05, 20.0))
+def test_top_k_and_temperature_commute(x, k, t):
+    """z -> z / t is strictly increasing, so the k largest are the same tokens (ties too), and
+    top-k leaves the kept logits alone: either order gives the same logits (lesson 05, 3.7)."""
+    finite = np.unique(x[np.isfinite(x)])
+    assume(np.unique(finite / t).size == finite.size)  # rounding of z / t merged no two logits
+    np.testing.assert_array_equal(sampling.apply_temperature(sampling.top_k_filter(x, k), t),
+                                  sampling.top_k_filter(sampling.apply_temperature(x, t), k))
+
+
+def test_top_p_and_temperature_do_not_commute():
+    z = np.array([3.0, 2.0, 2.0, 1.0, 0.5, 0.0, -1.0, -2.5])
+    hot_then_cut = sampling.top_p_filter(sampling.apply_temperature(z, 2.0), 0.6)
+    cut_then_hot = sampling.apply_temperature(sampling.top_p_filter(z, 0.6), 2.0)
+    assert kept(hot_then_cut).sum() > kept(cut_then_hot).sum()  # a flatter distribution needs more tokens
