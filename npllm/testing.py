@@ -64,7 +64,7 @@ except ImportError as e:  # pragma: no cover - exercised by tests/test_testing.p
 __all__ = ["KINDS", "logits", "check_filter"]
 
 KINDS = ("temperature", "top_k", "top_p", "min_p", "typical", "repetition_penalty")
-ROW_KINDS = ("grid", "palette", "general", "uniform", "single", "huge", "tiny", "ulp_gaps")
+ROW_KINDS = ("grid", "palette", "general", "uniform", "single", "huge", "tiny", "ulp_gaps", "uniform")
 
 
 # ============================================================== the strategy
@@ -177,6 +177,13 @@ def _probs(z):
     """float64 probabilities of finite-or--inf logits z (at least one finite)."""
     e = np.exp(z - z.max())
     return e / math.fsum(e)
+
+
+def _is_uniform(row):
+    """True when the finite-probability logits of ``row`` are all equal."""
+    z = _prob_view(row)
+    alive = z[z > -np.inf]
+    return alive.size > 0 and bool(np.all(alive == alive[0]))
 
 
 def _ids(mask):
@@ -453,8 +460,10 @@ def _params(kind, data, x):
     masses = np.cumsum(np.sort(_probs(z[alive]))[::-1])[:-1]  # [n - 1] mass of the top j < n tokens
     # p = 1 disables top-p and typical (HF and npllm): aim below it
     aimed = [st.floats(0.0, 1.0, exclude_min=True, exclude_max=True)]
-    if n > 1:
-        aimed.append(st.integers(1, n - 1).map(lambda k: k / n))  # k of n tokens of a uniform row
+    counts = [int((_prob_view(r) > -np.inf).sum()) for r in x if _is_uniform(r)]
+    for c in [c for c in counts if c > 1][:1] or ([n] if n > 1 else []):
+        exact = st.integers(1, c - 1).map(lambda k, c=c: k / c)  # k of c equal tokens weigh exactly k/c
+        aimed += [exact, exact]  # (twice: the exact ties are where rounding bites)
     if masses.size and 0 < masses.min() and masses.max() < 1:
         aimed.append(st.sampled_from(masses.tolist()))  # right at the mass of a top-ranked set
     if kind == "top_p":
