@@ -64,6 +64,9 @@ except ImportError as e:  # pragma: no cover - exercised by tests/test_testing.p
 __all__ = ["KINDS", "logits", "check_filter"]
 
 KINDS = ("temperature", "top_k", "top_p", "min_p", "typical", "repetition_penalty")
+# Uniform rows where k of n tokens weigh exactly k/n: check_filter tries each (n, p = k/n) for top-p.
+EXACT_SIZES = (2, 3, 10, 12, 100, 256, 300, 1000)
+EXACT_FRACTIONS = (0.5, 0.1, 0.25, 1 / 3, 0.6, 0.75, 0.9, 0.95)
 ROW_KINDS = ("grid", "palette", "general", "uniform", "single", "huge", "tiny", "ulp_gaps", "uniform")
 
 
@@ -461,9 +464,11 @@ def _params(kind, data, x):
     # p = 1 disables top-p and typical (HF and npllm): aim below it
     aimed = [st.floats(0.0, 1.0, exclude_min=True, exclude_max=True)]
     counts = [int((_prob_view(r) > -np.inf).sum()) for r in x if _is_uniform(r)]
-    for c in [c for c in counts if c > 1][:1] or ([n] if n > 1 else []):
-        exact = st.integers(1, c - 1).map(lambda k, c=c: k / c)  # k of c equal tokens weigh exactly k/c
-        aimed += [exact, exact]  # (twice: the exact ties are where rounding bites)
+    for c in [max(counts)] if counts and max(counts) > 1 else ([n] if n > 1 else []):  # the largest uniform row
+        # k of c equal tokens weigh exactly k/c: the exact ties, where rounding bites.  Any k, and
+        # the k nearest the usual settings (p = 0.5 of 300 tokens...), twice as often as the rest.
+        usual = sorted({round(q * c) / c for q in (0.1, 0.25, 1 / 3, 0.5, 0.6, 0.75, 0.9, 0.95)} - {0.0, 1.0})
+        aimed += [st.integers(1, c - 1).map(lambda k, c=c: k / c)] + [st.sampled_from(usual)] * 2
     if masses.size and 0 < masses.min() and masses.max() < 1:
         aimed.append(st.sampled_from(masses.tolist()))  # right at the mass of a top-ranked set
     if kind == "top_p":
@@ -489,6 +494,10 @@ def check_filter(fn, kind: str, *, max_examples: int = 200, ties: str = "any", d
     derandomize:  the same examples on every run (for CI)
     posinf:       also feed rows holding +inf (they must take all the mass)
 
+    For top-p it first tries every uniform row of ``EXACT_SIZES`` tokens at p = k/n for
+    ``EXACT_FRACTIONS`` (both dtypes), where exactly k tokens reach p: a random search
+    meets those exact ties only now and then, and rounding errs there.
+
     Returns None when no deviation is found; raises ``AssertionError`` naming the
     shrunk example (logits, parameter, what was expected and what ``fn`` did).
     """
@@ -501,10 +510,21 @@ def check_filter(fn, kind: str, *, max_examples: int = 200, ties: str = "any", d
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
 
-    @settings(max_examples=max_examples, deadline=None, derandomize=derandomize, database=None,
-              report_multiple_bugs=False, print_blob=False,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.filter_too_much, HealthCheck.large_base_example])
+    quiet = dict(deadline=None, database=None, report_multiple_bugs=False, print_blob=False,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                        HealthCheck.filter_too_much, HealthCheck.large_base_example])
+
+    if kind == "top_p":  # every exact tie of a small catalogue first: uniform rows at p = k/n
+        @settings(max_examples=len(EXACT_SIZES) * len(EXACT_FRACTIONS) * 2, derandomize=True, **quiet)
+        @given(st.sampled_from(EXACT_SIZES), st.sampled_from(EXACT_FRACTIONS),
+               st.sampled_from([np.float32, np.float64]))
+        def exact_ties(n, q, dtype):
+            k = min(n - 1, max(1, round(q * n)))
+            _check_call(fn, kind, np.full((1, n), 1.5, dtype=dtype), (k / n,), ties)
+
+        exact_ties()
+
+    @settings(max_examples=max_examples, derandomize=derandomize, **quiet)
     @given(st.data())
     def search(data):
         dtype = data.draw(st.sampled_from([np.float32, np.float64]), label="dtype")

@@ -123,6 +123,15 @@ def top_p_off_by_one(x, p):
     return keep_sorted(x, order, before <= p)
 
 
+def top_p_without_rounding_allowance(x, p):
+    """The definition (keep while the mass above is < p) in float64 with no allowance for
+    rounding: on 300 equal logits at p = 0.25 the mass of 75 tokens sums to just under 0.25."""
+    order = np.argsort(-x, axis=-1, kind="stable")
+    probs = softmax64(np.take_along_axis(x, order, axis=-1))
+    before = np.cumsum(probs, axis=-1) - probs
+    return keep_sorted(x, order, before < p)
+
+
 def top_p_as_npllm_had_it(x, p):
     """npllm before the fix: drop while the float64 tail mass <= 1 - p, with no allowance for
     rounding: a uniform row of 300 kept 151 tokens at p = 0.5."""
@@ -217,6 +226,7 @@ def filter_returns_float64(x, p):
 BUGGY = [
     (top_p_off_by_one, "top_p", "any", "keeps"),
     (top_p_as_npllm_had_it, "top_p", "any", "logits are equal"),
+    (top_p_without_rounding_allowance, "top_p", "any", "logits are equal"),
     (top_p_highest_ids_on_ties, "top_p", "lowest-id", "lowest-id"),
     (top_k_in_place, "top_k", "any", "modified its input"),
     (top_k_drops_ties, "top_k", "any", "ties included|same logit"),
