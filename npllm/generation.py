@@ -19,7 +19,8 @@ Every row records why it stopped: "eos", "length" or "stop".
 ``model`` is anything with ``config.vocab_size`` and
 ``forward(input_ids, attention_mask, past_key_values, use_cache, position_ids)
 -> (logits [B, T, V], past_key_values)``; ``new_cache(batch, max_len)`` is used
-when present (otherwise the cache grows by concatenation).
+when present (otherwise the cache grows by concatenation), and a cache with
+``reserve(max_len)`` (``KVCache``) starts small and doubles when full.
 ``CausalLM.generate(input_ids, **kw)`` calls ``generate(self, input_ids, **kw)``.
 
 Shape legend: B batch, T0 prompt length (with padding), S tokens so far, V vocabulary.
