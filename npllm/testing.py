@@ -35,10 +35,12 @@ What the reference decides, and what is left free:
   threshold (eps of the logits' dtype) may count as reaching it or not; the same
   margin applies to min-p's ratio and to typical's distances from the entropy;
   values are compared to a couple of ulps.  Exact ties are the exception: by the
-  Lindemann-Weierstrass theorem a set of tokens can weigh exactly ``p`` only in
-  a row whose finite logits are all equal, so there the mass is counted exactly
-  (k tokens of n weigh k/n): 150 of 300 equal tokens reach p = 0.5, 151 is a
-  bug.  A mass a rounding error *below* p still counts as reaching it.
+  Lindemann-Weierstrass theorem (e^v for distinct rational v are linearly
+  independent over the rationals) the most likely tokens can weigh exactly
+  ``p < 1`` only in a row whose finite logits are all equal, so there the mass
+  is counted exactly (k tokens of n weigh k/n): 150 of 300 equal tokens reach
+  p = 0.5, 151 is a bug.  A mass a rounding error *below* p still counts as
+  reaching it.
 * A temperature so small that ``logits / t`` overflows must keep the
   distribution (all mass on the argmax), not turn distinct logits into equal
   infinities; elsewhere the result must be ``logits / t``.
