@@ -1,13 +1,16 @@
 """Lesson 05 — the KV cache (seed section 2).
 
-Two forms that give identical logits:
+Two forms that give the same logits (up to float32 rounding: the preallocated
+cache takes the fused decode kernel, which sums in another order):
 
 * The seed's teaching form: ``past_key_values`` is a list with one
   ``(key, value)`` pair per layer, each ``[B, Hkv, S, Dh]``, grown by
   ``np.concatenate`` at every step (``concat_update``).  Simple, but every
   step copies the whole cache.
 * ``KVCache``: one preallocated buffer per layer, ``[B, Hkv, S_max, Dh]``,
-  written in place.  This is what ``generate`` uses.
+  written in place.  This is what ``generate`` uses; ``reserve`` grows it
+  (``generate`` doubles it when full, so a run that stops early never holds a
+  whole context).
 
 Memory (seed section 2.4):
     2 x num_layers x batch x num_kv_heads x seq_len x head_dim x sizeof(dtype)
@@ -46,7 +49,10 @@ class KVCache:
     """Preallocated per-layer K/V buffers, written in place.
 
     ``length`` is how many positions are stored; ``forward`` writes the next T
-    positions of every layer and then advances ``length`` by T.
+    positions of every layer and then advances ``length`` by T.  ``max_seq_len``
+    is how many positions the buffers hold; ``reserve(n)`` grows them (a copy of
+    the stored positions), which is how ``generate`` avoids allocating a whole
+    context for a run that stops early.
     """
 
     def __init__(self, config, batch_size: int, max_seq_len: int, dtype=np.float32):
@@ -64,13 +70,28 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.keys) + sum(a.nbytes for a in self.values)
 
+    def reserve(self, max_seq_len: int) -> None:
+        """Make the buffers hold at least ``max_seq_len`` positions (never shrinks them).
+
+        Each layer's buffers are reallocated [B, Hkv, S_max, Dh] and the stored
+        positions copied, one layer at a time, so the peak is one layer's extra copy.
+        """
+        if max_seq_len <= self.max_seq_len:
+            return
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                new = np.zeros(old.shape[:2] + (max_seq_len,) + old.shape[3:], old.dtype)
+                new[:, :, :self.length] = old[:, :, :self.length]
+                buffers[i] = new
+        self.max_seq_len = max_seq_len
+
     def update(self, layer: int, k: np.ndarray, v: np.ndarray):
         """Write k, v [B, Hkv, T, Dh] after the stored positions; return views of all of it."""
         T = k.shape[2]
         end = self.length + T
         if end > self.max_seq_len:
             raise ConfigError(f"KV cache is full: {self.length} + {T} positions exceed "
-                              f"max_seq_len={self.max_seq_len}")
+                              f"max_seq_len={self.max_seq_len} (KVCache.reserve grows it)")
         self.keys[layer][:, :, self.length:end] = k
         self.values[layer][:, :, self.length:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]

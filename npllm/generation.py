@@ -6,7 +6,8 @@
 
 The seed's three pitfalls, handled here:
 
-1. one preallocated KV cache for the whole run (``model.new_cache(B, T0 + max_new_tokens)``);
+1. one preallocated KV cache for the whole run (``model.new_cache``), written in place; it starts
+   at the prompt plus ``CACHE_CHUNK`` positions and doubles when full (``KVCache.reserve``);
 2. after the prefill, only the new token goes through the model;
 3. the attention mask grows by one column per step, and positions come from it,
    so left-padded rows count positions from their first real token.
@@ -18,7 +19,8 @@ Every row records why it stopped: "eos", "length" or "stop".
 ``model`` is anything with ``config.vocab_size`` and
 ``forward(input_ids, attention_mask, past_key_values, use_cache, position_ids)
 -> (logits [B, T, V], past_key_values)``; ``new_cache(batch, max_len)`` is used
-when present (otherwise the cache grows by concatenation).
+when present (otherwise the cache grows by concatenation), and a cache with
+``reserve(max_len)`` (``KVCache``) starts small and doubles when full.
 ``CausalLM.generate(input_ids, **kw)`` calls ``generate(self, input_ids, **kw)``.
 
 Shape legend: B batch, T0 prompt length (with padding), S tokens so far, V vocabulary.
@@ -35,7 +37,7 @@ import numpy as np
 
 from . import sampling
 from .errors import GenerationParameterError, NpllmError
-from .sampling import _check_float, _check_int
+from .sampling import _check_float, _check_int, _integer
 from .stopping import (EosTokenCriteria, MaxNewTokensCriteria, RepetitionCriteria, StopSequenceCriteria,
                        StoppingCriteriaList)
 
@@ -102,11 +104,17 @@ def _as_mask(attention_mask, shape):
 
 
 def _token_list(name, value, vocab_size):
-    values = [value] if isinstance(value, Integral) else list(value)
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, Integral) or not 0 <= v < vocab_size:
-            raise GenerationParameterError(f"{name} must be token ids in [0, {vocab_size}), got {value!r}")
-    return [int(v) for v in values]
+    """One token id or a sequence of them, of any integer type (0-d arrays too) -> [int] in [0, V)."""
+    one = _integer(value)
+    if one is not None:
+        values = [one]
+    elif isinstance(value, (str, bytes)) or not np.iterable(value):
+        values = [None]
+    else:
+        values = [_integer(v) for v in value]
+    if any(v is None or not 0 <= v < vocab_size for v in values):
+        raise GenerationParameterError(f"{name} must be integer token ids in [0, {vocab_size}), got {value!r}")
+    return values
 
 
 def _resolve_special_ids(model, eos_token_id, pad_token_id, vocab_size):
@@ -131,10 +139,8 @@ def _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop, 
     if eos:
         criteria.append(EosTokenCriteria(eos))
     if stop_token_sequences is not None:
-        seqs = [[s] if isinstance(s, Integral) else list(s) for s in stop_token_sequences]
-        for s in seqs:
-            _token_list("stop_token_sequences", s, vocab_size)
-        criteria.append(StopSequenceCriteria(seqs))
+        criteria.append(StopSequenceCriteria(
+            [_token_list("stop_token_sequences", s, vocab_size) for s in stop_token_sequences]))
     if stopping_criteria is not None:
         user = [stopping_criteria] if callable(stopping_criteria) else list(stopping_criteria)
         for c in user:
@@ -159,6 +165,29 @@ def _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop, 
 
 
 # ============================================================== the loop's helpers
+class _CheckedProcessor:
+    """A user's logits processor, whose result is checked: float scores [B, V] without NaN."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, input_ids, scores):
+        out = self.processor(input_ids, scores)
+        if not isinstance(out, np.ndarray) or not np.issubdtype(out.dtype, np.floating) \
+                or out.shape != scores.shape:
+            what = (f"an array of shape {out.shape} dtype {out.dtype}" if isinstance(out, np.ndarray)
+                    else f"{type(out).__name__}")
+            raise GenerationParameterError(
+                f"logits_processor {self.processor!r} returned {what}; it must return the processed scores, "
+                f"a float array of shape {scores.shape}")
+        if np.isnan(out).any():
+            raise GenerationParameterError(f"logits_processor {self.processor!r} returned NaN scores")
+        return out
+
+    def __repr__(self):
+        return repr(self.processor)
+
+
 def _forward(model, ids, mask, cache, positions, keep_last):
     """One forward call; only the last position's logits are needed."""
     kw = {"logits_to_keep": 1} if keep_last else {}
@@ -301,7 +330,14 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
         min_new_tokens=min_new_tokens, eos_token_ids=eos, prompt_length=T0,
         prompt_ignore_length=np.argmax(mask == 1, axis=1))  # HF: left padding is not "seen"
     if logits_processor is not None:
-        processors.extend([logits_processor] if callable(logits_processor) else logits_processor)
+        user = ([logits_processor] if callable(logits_processor) or not np.iterable(logits_processor)
+                else list(logits_processor))
+        for proc in user:
+            if not callable(proc):
+                raise GenerationParameterError(
+                    f"logits_processor must be a callable (input_ids, scores) -> scores or a list of them, "
+                    f"got {proc!r}")
+        processors.extend(_CheckedProcessor(proc) for proc in user)
     criteria = _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop,
                                stopping_criteria, V)
 
@@ -314,15 +350,48 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     return out if return_dict_in_generate else out.sequences
 
 
+CACHE_CHUNK = 256  # positions allocated past the prompt at first; then the buffers double as needed
+
+
+def _room(now, needed, total):
+    """The next buffer length: double the current one, at least ``needed``, at most ``total``."""
+    return min(total, max(needed, 2 * now))
+
+
+def _widen(a, cols, fill):
+    """``a`` [B, n] copied into a new [B, cols] buffer (the new columns hold ``fill``)."""
+    out = np.full((a.shape[0], cols), fill, dtype=a.dtype)
+    out[:, :a.shape[1]] = a
+    return out
+
+
+def _new_cache(model, B, n, total):
+    """A KV cache with room for ``n`` positions and ``CACHE_CHUNK`` more, growable to ``total``.
+
+    A cache without ``reserve`` (a duck-typed model's) gets all ``total`` positions at once;
+    None when the model has no ``new_cache`` (its forward then concatenates).
+    """
+    if not hasattr(model, "new_cache"):
+        return None
+    cache = model.new_cache(B, min(total, n + CACHE_CHUNK))
+    return cache if hasattr(cache, "reserve") else model.new_cache(B, total)
+
+
 def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
                  streamer, output_scores, output_logprobs) -> GenerateOutput:
-    """Prefill once, then one token per step through the preallocated cache."""
+    """Prefill once, then one token per step through the preallocated cache.
+
+    The token and mask buffers and the KV cache start at the prompt plus
+    ``CACHE_CHUNK`` positions and double when full, up to ``T0 + max_new_tokens``
+    (already capped at the model's context): a run that stops early never holds
+    memory for the positions it did not reach.
+    """
     B, T0 = ids.shape
-    # Buffers for the whole run: tokens and mask grow to the right, one column per step.
-    seqs = np.full((B, T0 + max_new_tokens), pad, dtype=np.int64)  # [B, T0 + max_new]
-    seqs[:, :T0] = ids
-    full_mask = np.ones((B, T0 + max_new_tokens), dtype=np.int64)
-    full_mask[:, :T0] = mask
+    total = T0 + max_new_tokens
+    # Tokens and mask grow to the right, one column per step.
+    cols = min(total, T0 + CACHE_CHUNK)
+    seqs = _widen(ids, cols, pad)  # [B, cols]
+    full_mask = _widen(mask, cols, 1)  # [B, cols]
     live = np.ones(B, dtype=bool)  # rows still generating
     reasons: List[Optional[str]] = ["length"] * B if max_new_tokens == 0 else [None] * B
     new_counts = np.zeros(B, dtype=np.int64)
@@ -330,8 +399,7 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
     n = 0
     if max_new_tokens > 0:
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
-        new_cache = (lambda: model.new_cache(B, T0 + max_new_tokens)) if hasattr(model, "new_cache") else None
-        cache = new_cache() if new_cache else None
+        cache = _new_cache(model, B, T0, total)
         # LongRoPE (Phi-3): past this length every position uses the long factors (HF recomputes)
         switch = getattr(getattr(model, "config", None), "rope_switch_length", None)
         positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)  # [B, T0] as HF
@@ -341,6 +409,9 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
             _check_finite(logits, live, step)
             scores = processors(seqs[:, :S], logits.astype(np.float32, copy=False))  # [B, V]
             tok = _select(scores, live, do_sample, rng, pad, step)  # [B]
+            if S == seqs.shape[1]:
+                cols = _room(cols, S + 1, total)
+                seqs, full_mask = _widen(seqs, cols, pad), _widen(full_mask, cols, 1)
             seqs[:, S] = tok
             new_counts += live
             n = step + 1
@@ -360,11 +431,16 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
             if S == switch:  # the sequence passes LongRoPE's original context: recompute it all
                 m = full_mask[:, :S + 1]
                 positions = np.where(m == 0, 1, np.cumsum(m, axis=1) - 1)
-                logits, cache = _prefill(model, seqs[:, :S + 1], m, new_cache() if new_cache else None,
+                logits, cache = _prefill(model, seqs[:, :S + 1], m, _new_cache(model, B, S + 1, total),
                                          positions, keep_last)
                 continue
-            pos = full_mask[:, :S + 1].sum(axis=1, keepdims=True) - 1  # [B, 1] position of the new token
-            logits, cache = _forward(model, tok[:, None], full_mask[:, :S + 1], cache, pos, keep_last)
+            if cache is not None and hasattr(cache, "reserve") and S + 1 > cache.max_seq_len:
+                cache.reserve(_room(cache.max_seq_len, S + 1, total))  # copies the stored positions
+            # A contiguous mask: the kernels compile one version per memory layout, and the two
+            # may round differently; this way the logits never depend on the buffers' widths.
+            m = np.ascontiguousarray(full_mask[:, :S + 1])  # [B, S + 1]
+            pos = m.sum(axis=1, keepdims=True) - 1  # [B, 1] position of the new token
+            logits, cache = _forward(model, tok[:, None], m, cache, pos, keep_last)
 
     return GenerateOutput(
         sequences=seqs[:, :T0 + n], stop_reasons=list(reasons),

@@ -55,10 +55,21 @@ def _bad(name, value, expected):
     raise GenerationParameterError(f"{name} must be {expected}, got {value!r}")
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        _bad(name, value, f"an integer >= {minimum}")
+def _integer(value):
+    """``value`` as a Python int when it is an integer of any integer type (a 0-d integer
+    array too); None otherwise (floats, bools, strings, sequences)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
+        return None
     return int(value)
+
+
+def _check_int(name, value, minimum):
+    v = _integer(value)
+    if v is None or v < minimum:
+        _bad(name, value, f"an integer >= {minimum}")
+    return v
 
 
 def _check_float(name, value, low, high, low_open=False, high_open=False):
@@ -102,25 +113,41 @@ def _finish(out, was_1d):
 
 
 # ============================================================== softmax
+def _posinf_view(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Logits whose probabilities can be computed with ``z - max z``.
+
+    A row holding ``+inf`` gives those tokens all the mass, shared equally
+    (the limit of ``softmax`` as their logits grow): such a row becomes 0 at
+    its ``+inf`` entries and ``-inf`` elsewhere.  Other rows are returned as is
+    (no copy when no row holds ``+inf``).
+    """
+    pos = np.isposinf(z)
+    if not pos.any():
+        return z
+    return np.where(pos.any(axis=axis, keepdims=True), np.where(pos, 0.0, -np.inf), z)
+
+
 def softmax(logits, axis: int = -1) -> np.ndarray:
     """Stable softmax in float64: ``exp(z - max z) / sum exp(z - max z)``.
 
-    A row that is entirely ``-inf`` gives all zeros (there is nothing to sample).
+    A row that is entirely ``-inf`` gives all zeros (there is nothing to sample);
+    a row holding ``+inf`` shares all its mass among its ``+inf`` entries.
     """
-    z = np.asarray(logits, dtype=np.float64)
+    z = _posinf_view(np.asarray(logits, dtype=np.float64), axis)
     m = np.max(z, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    e = np.exp(z - m)
+    with np.errstate(over="ignore"):  # z - m overflows to -inf only where exp gives 0 anyway
+        e = np.exp(z - m)
     s = np.sum(e, axis=axis, keepdims=True)
     return e / np.where(s == 0, 1.0, s)
 
 
 def log_softmax(logits, axis: int = -1) -> np.ndarray:
-    """Stable log-softmax in float64: ``z - max z - log sum exp(z - max z)``."""
-    z = np.asarray(logits, dtype=np.float64)
+    """Stable log-softmax in float64: ``z - max z - log sum exp(z - max z)`` (``+inf`` as in ``softmax``)."""
+    z = _posinf_view(np.asarray(logits, dtype=np.float64), axis)
     m = np.max(z, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         return z - m - np.log(np.sum(np.exp(z - m), axis=axis, keepdims=True))
 
 
@@ -130,10 +157,29 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
 
     temperature < 1 sharpens the distribution, > 1 flattens it.  Zero is not a
     temperature: ask ``greedy`` (or ``generate(temperature=0)``) for argmax.
+
+    A temperature so small that ``logits / temperature`` overflows the dtype
+    (about 1e-37 for float32 logits near 30) would turn distinct logits into
+    equal infinities.  Such a row is divided after subtracting its largest
+    finite logit, in float64: the same distribution, now representable.  All
+    mass goes to the argmax; exactly tied maxima share it, as they do at every
+    temperature > 0.
     """
     t = _check_float("temperature", temperature, 0.0, math.inf, low_open=True, high_open=True)
     x, was_1d = _as_logits(logits)
-    return _finish(x / x.dtype.type(t), was_1d)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        tt = x.dtype.type(t)
+        if np.finfo(x.dtype).tiny <= tt < np.inf:
+            out = x / tt
+        else:  # t is subnormal, 0 or inf in the dtype (float32 below 1.2e-38): divide in float64
+            out = (x.astype(np.float64) / t).astype(x.dtype)
+        lost = (np.isfinite(x) & ~np.isfinite(out)).any(axis=-1)  # [B] rows that overflowed
+        if lost.any():
+            rows = x[lost].astype(np.float64)
+            finite = np.isfinite(rows)
+            top = np.max(np.where(finite, rows, -np.inf), axis=-1, keepdims=True)
+            out[lost] = np.where(finite, (rows - top) / t, rows)  # <= 0: only -inf can overflow
+    return _finish(out, was_1d)
 
 
 # ============================================================== top-k
@@ -154,32 +200,48 @@ def top_k_filter(logits, top_k: int, min_tokens_to_keep: int = 1) -> np.ndarray:
 
 
 # ============================================================== top-p (nucleus)
+def _mass_tolerance(V: int) -> float:
+    """How far a float64 mass over V tokens may sit from the exact one: 4 V eps.
+
+    Each probability ``exp(z - max) / sum`` carries a relative error below
+    (V + 3) u (u = eps / 2: one exp, a sum of V terms, one division), and a
+    running sum of up to V of them adds V u more, so the computed tail mass is
+    within (2 V + 4) u <= 4 V eps of the exact one.  A mass that close to
+    ``top_p`` is treated as reaching it: 150 tokens of a uniform 300 reach
+    exactly 0.5, whichever way their float sum rounds.
+    """
+    return 4.0 * V * np.finfo(np.float64).eps
+
+
 def _top_p_ref(x: np.ndarray, top_p: float, min_tokens_to_keep: int) -> np.ndarray:
     """NumPy reference.  x: [B, V] -> new [B, V] with the tokens outside the nucleus at -inf.
 
     Rank tokens by descending logit (lower id first on ties).  Walking up from the
-    least likely token, drop tokens while the dropped mass stays <= 1 - top_p.
-    What remains is the smallest top-ranked set whose mass reaches top_p; the
-    token that crosses the threshold is kept.
+    least likely token, drop tokens while the dropped mass stays <= 1 - top_p
+    (up to ``_mass_tolerance``).  What remains is the smallest top-ranked set
+    whose mass reaches top_p; the token that crosses the threshold is kept.
     """
-    order = np.argsort(-x, axis=-1, kind="stable")  # [B, V] token ids, most likely first
-    probs = softmax(np.take_along_axis(x, order, axis=-1))  # [B, V] in that order
+    z = _posinf_view(x)  # +inf tokens share all the mass
+    order = np.argsort(-z, axis=-1, kind="stable")  # [B, V] token ids, most likely first
+    probs = softmax(np.take_along_axis(z, order, axis=-1))  # [B, V] in that order
     tail = np.cumsum(probs[:, ::-1], axis=-1)[:, ::-1]  # [B, V] mass from rank j to the end
-    drop_sorted = tail <= 1.0 - top_p
+    drop_sorted = tail <= 1.0 - top_p + _mass_tolerance(x.shape[-1])
     drop_sorted[:, :min_tokens_to_keep] = False
     drop = np.empty_like(drop_sorted)
     np.put_along_axis(drop, order, drop_sorted, axis=-1)  # back to token-id order
+    drop |= np.isneginf(z)  # finite logits beside a +inf one have probability 0
     return np.where(drop, -np.inf, x).astype(x.dtype, copy=False)
 
 
 @njit
-def _top_p_kernel(x, top_p, min_tokens_to_keep, drop):
-    # x: [B, V] float64, drop: [B, V] bool (zeroed); same rule as _top_p_ref.
+def _top_p_kernel(x, top_p, min_tokens_to_keep, tol, drop):
+    # x: [B, V] float64 without +inf, drop: [B, V] bool (zeroed); same rule as _top_p_ref.
     # Sorting all of V (49k tokens) costs milliseconds per step, so first grow a
     # cut-off t while every token below it, all together, still weighs <= 1 - p:
     # those tokens would be dropped anyway.  Only the tokens at or above t are
-    # sorted.  A serial loop: decode batches are small.
+    # sorted.  A serial loop over the rows: decode batches are small.
     B, V = x.shape
+    budget = 1.0 - top_p + tol  # the most mass that may be dropped
     for b in range(B):
         top = np.max(x[b])
         if top == -np.inf:
@@ -193,7 +255,7 @@ def _top_p_kernel(x, top_p, min_tokens_to_keep, drop):
             for i in range(V):
                 if probs[i] < trial:
                     mass += probs[i]
-            if mass > 1.0 - top_p:
+            if mass > budget:
                 break
             t, below, trial = trial, mass, trial * 2.0
         ids = np.flatnonzero((probs >= t) & (x[b] > -np.inf))
@@ -207,7 +269,7 @@ def _top_p_kernel(x, top_p, min_tokens_to_keep, drop):
         tail = below  # mass from rank j down to the least likely token
         for j in range(order.size - 1, min_tokens_to_keep - 1, -1):
             tail += probs[order[j]]
-            if tail > 1.0 - top_p:
+            if tail > budget:
                 break
             drop[b, order[j]] = True
 
@@ -215,6 +277,11 @@ def _top_p_kernel(x, top_p, min_tokens_to_keep, drop):
 def top_p_filter(logits, top_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
     """Nucleus filtering (HF ``TopPLogitsWarper``): keep the smallest set of most
     likely tokens whose probability reaches ``top_p``.  ``top_p=1`` disables it.
+
+    Masses are float64; one within ``_mass_tolerance`` (4 V eps) of ``top_p``
+    counts as reaching it, so exact ties are decided as in exact arithmetic:
+    a uniform row of 300 keeps 150 tokens at p = 0.5.  Among tokens tied at the
+    cut, the lower ids are kept.
 
     >>> top_p_filter(np.log(np.array([0.5, 0.3, 0.2])), 0.6)   # 0.5 < 0.6, 0.5+0.3 >= 0.6
     array([-0.69314718, -1.2039728 ,        -inf])
@@ -227,7 +294,9 @@ def top_p_filter(logits, top_p: float, min_tokens_to_keep: int = 1) -> np.ndarra
     if reference_mode():
         return _finish(_top_p_ref(x, p, m), was_1d)
     drop = np.zeros(x.shape, dtype=np.bool_)
-    _top_p_kernel(np.ascontiguousarray(x, dtype=np.float64), p, m, drop)
+    z = _posinf_view(np.ascontiguousarray(x, dtype=np.float64))
+    _top_p_kernel(z, p, m, _mass_tolerance(x.shape[-1]), drop)
+    drop |= np.isneginf(z)  # finite logits beside a +inf one have probability 0
     return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
 
 
@@ -241,7 +310,8 @@ def min_p_filter(logits, min_p: float, min_tokens_to_keep: int = 1) -> np.ndarra
     m = _check_int("min_tokens_to_keep", min_tokens_to_keep, 1)
     x, was_1d = _as_logits(logits)
     probs = softmax(x)  # [B, V]
-    drop = probs < mp * probs.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # (a row of -inf: 0 / 0, nothing to drop)
+        drop = probs / probs.max(axis=-1, keepdims=True) < mp  # the ratio cannot underflow like mp * max
     best = np.argsort(-probs, axis=-1, kind="stable")[:, :m]  # [B, m]
     np.put_along_axis(drop, best, False, axis=-1)
     return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
@@ -297,7 +367,8 @@ def apply_repetition_penalty(logits, input_ids, penalty: float, prompt_ignore_le
         keep = np.arange(ids.shape[1])[None, :] >= skip[:, None]  # [B, S]
     rows = np.broadcast_to(np.arange(B)[:, None], ids.shape)
     seen[rows[keep], ids[keep]] = True
-    scaled = np.where(x < 0, x * x.dtype.type(pen), x / x.dtype.type(pen))
+    with np.errstate(over="ignore"):  # beyond the dtype's range: -inf or +inf, the right limit
+        scaled = np.where(x < 0, x * x.dtype.type(pen), x / x.dtype.type(pen))
     return _finish(np.where(seen, scaled, x), was_1d)
 
 
@@ -362,7 +433,7 @@ def sample(logits, rng: np.random.Generator) -> np.ndarray:
 
     Inverse-CDF sampling: one uniform number per row, located in the row's
     cumulative distribution.  Tokens at ``-inf`` have zero probability and are
-    never drawn.
+    never drawn; a row holding ``+inf`` draws uniformly among its ``+inf`` tokens.
     """
     if not isinstance(rng, np.random.Generator):
         _bad("rng", rng, "a numpy.random.Generator (np.random.default_rng(seed))")

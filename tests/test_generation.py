@@ -342,6 +342,8 @@ BAD = [
     (dict(attention_mask=[[1, 1]]), "attention_mask"),
     (dict(attention_mask=[[0, 0, 0]]), "attention_mask"),
     (dict(streamer=42), "streamer"),
+    (dict(logits_processor=42), "logits_processor"),
+    (dict(logits_processor=[lambda ids, s: s, "x"]), "logits_processor"),
 ]
 
 
@@ -410,3 +412,209 @@ def test_chunked_prefill_gives_the_same_scores_as_one_pass(monkeypatch):
     chunked = model.generate(ids, **kw)
     assert np.array_equal(whole.sequences, chunked.sequences)
     assert max(np.abs(a - b).max() for a, b in zip(whole.scores, chunked.scores)) < 1e-10
+
+
+# ============================================================== a vanishing temperature
+def test_a_temperature_that_overflows_the_logits_samples_the_greedy_tokens(model):
+    """logits / 1e-40 overflows float32; the limit of sampling is the argmax, never id 0."""
+    prompt = [[5, 17, 33, 2], [61, 3, 3, 77]]
+    greedy = generate(model, prompt, max_new_tokens=8, temperature=0, eos_token_id=[])
+    for t in (1e-40, 1e-300):
+        np.testing.assert_array_equal(
+            generate(model, prompt, max_new_tokens=8, temperature=t, seed=0, eos_token_id=[]), greedy)
+
+
+# ============================================================== token-id arguments of any integer type
+@pytest.mark.parametrize("eos", [np.int64(7), np.int32(7), np.uint8(7), np.array(7), [np.int16(7)],
+                                 np.array([7]), (7,)],
+                         ids=["int64", "int32", "uint8", "0-d-array", "list-int16", "1-d-array", "tuple"])
+def test_eos_and_pad_ids_accept_any_integer_type(model, eos):
+    want = generate(model, [[1, 2, 3]], max_new_tokens=4, temperature=0, eos_token_id=7, pad_token_id=0,
+                    return_dict_in_generate=True)
+    got = generate(model, [[1, 2, 3]], max_new_tokens=4, temperature=0, eos_token_id=eos,
+                   pad_token_id=np.array(0), return_dict_in_generate=True)
+    np.testing.assert_array_equal(got.sequences, want.sequences)
+    assert got.stop_reasons == want.stop_reasons
+
+
+@pytest.mark.parametrize("eos", [2.0, np.float64(2.0), np.array(2.0), [2, 3.0], "2", True, [[2]], object()],
+                         ids=["float", "np-float", "0-d-float-array", "list-with-float", "str", "bool",
+                              "nested", "object"])
+def test_non_integer_eos_ids_raise_an_error_naming_eos_token_id(model, eos):
+    with pytest.raises(GenerationParameterError, match="eos_token_id"):
+        generate(model, [[1, 2, 3]], max_new_tokens=2, eos_token_id=eos)
+
+
+@pytest.mark.parametrize("pad", [2.5, np.array(1.0), "0", [1, 2]], ids=["float", "float-array", "str", "two"])
+def test_non_integer_pad_id_raises_an_error_naming_pad_token_id(model, pad):
+    with pytest.raises(GenerationParameterError, match="pad_token_id"):
+        generate(model, [[1, 2, 3]], max_new_tokens=2, pad_token_id=pad)
+
+
+@pytest.mark.parametrize("result", [None, "shape", "ints", "list"])
+def test_a_logits_processor_returning_no_scores_raises_an_error_naming_it(model, result):
+    def broken(input_ids, scores):
+        return {"none": None, "shape": scores[:, :-1], "ints": scores.astype(np.int64),
+                "list": scores.tolist()}.get(result)
+
+    with pytest.raises(GenerationParameterError, match="logits_processor"):
+        generate(model, [[1, 2, 3]], max_new_tokens=2, logits_processor=broken)
+
+
+# ============================================================== memory: buffers grow with the tokens reached
+def traced_peak(fn):
+    """Bytes allocated at the peak of a second call of ``fn`` (the first compiles the kernels)."""
+    import tracemalloc
+
+    fn()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_generate_allocates_for_the_tokens_it_reaches_not_for_the_context_limit():
+    """max_new_tokens=10**9 is capped at the 2**20-position context; a run that stops after
+    5 tokens must not hold a KV cache for 2**20 positions (2 x 2 x 2**20 x 2 x 16 x 4 B = 512 MiB)."""
+    config = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=2 ** 20)
+    model = CausalLM(config, seed=0)
+    stop_after_5 = lambda ids, new, T0: np.full(ids.shape[0], ids.shape[1] - T0 >= 5)  # noqa: E731
+    out = []
+    peak = traced_peak(lambda: out.append(model.generate(
+        [[1, 2, 3]], max_new_tokens=10 ** 9, temperature=0, eos_token_id=[], stopping_criteria=stop_after_5)))
+    assert out[0].shape == (1, 8)
+    assert peak < 16 * 2 ** 20, peak
+
+
+class CountingModel:
+    """A model without a context limit whose next token is (last token + 1) % 10."""
+
+    class config:
+        vocab_size = 10
+
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, position_ids=None):
+        logits = np.zeros((input_ids.shape[0], input_ids.shape[1], 10), np.float32)
+        logits[np.arange(input_ids.shape[0]), -1, (input_ids[:, -1] + 1) % 10] = 1.0
+        return logits, None
+
+
+def test_without_a_context_limit_a_huge_max_new_tokens_allocates_only_what_is_generated():
+    out = []
+    peak = traced_peak(lambda: out.append(generate(CountingModel(), [[3]], max_new_tokens=10 ** 9,
+                                                   temperature=0, eos_token_id=9)))
+    np.testing.assert_array_equal(out[0], [[3, 4, 5, 6, 7, 8, 9]])
+    assert peak < 16 * 2 ** 20, peak
+
+
+def test_a_kv_cache_grown_in_chunks_gives_the_logits_of_a_full_preallocated_one():
+    config = ModelConfig(vocab_size=60, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = CausalLM(config, seed=5)
+    ids = np.random.default_rng(1).integers(0, 60, size=(2, 30))
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0
+    full, grown = model.new_cache(2, 30), model.new_cache(2, 2)
+    sizes = []
+    for start, end in [(0, 5)] + [(i, i + 1) for i in range(5, 30)]:  # a 5-token prefill, then decode
+        if end > grown.max_seq_len:
+            grown.reserve(min(30, max(end, 2 * grown.max_seq_len)))
+        sizes.append(grown.max_seq_len)
+        kw = dict(attention_mask=mask[:, :end], use_cache=True)
+        a, full = model.forward(ids[:, start:end], past_key_values=full, **kw)
+        b, grown = model.forward(ids[:, start:end], past_key_values=grown, **kw)
+        np.testing.assert_array_equal(a, b)
+    assert sorted(set(sizes)) == [5, 10, 20, 30] and grown.nbytes == full.nbytes
+    np.testing.assert_array_equal(grown.keys[1], full.keys[1])
+
+
+def test_generate_with_a_small_cache_chunk_gives_the_same_tokens_and_scores(model, batch, monkeypatch):
+    from npllm import generation
+
+    rows, ids, mask = batch
+    kw = dict(attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0.9, top_p=0.95, seed=3,
+              eos_token_id=[], return_dict_in_generate=True, output_scores=True)
+    whole = generate(model, ids, **kw)
+    monkeypatch.setattr(generation, "CACHE_CHUNK", 1)  # T0 + 1 positions at first: they grow twice
+    grown = generate(model, ids, **kw)
+    np.testing.assert_array_equal(grown.sequences, whole.sequences)
+    for a, b in zip(whole.scores, grown.scores):
+        np.testing.assert_array_equal(a, b)
+
+
+# ============================================================== which tokens the penalties count
+def test_the_repetition_penalty_does_not_count_left_padding(hf_model, model):
+    """HF passes the padding lengths as prompt_ignore_length: PAD tokens on the left are not
+    "seen".  The pad id here is the token the short row generates first, so counting the
+    padding would penalise exactly the token it needs."""
+    row, penalty = [12, 50], 3.0
+    alone = generate(model, [row], max_new_tokens=MAX_NEW, temperature=0, repetition_penalty=penalty,
+                     eos_token_id=[])
+    pad = int(alone[0, len(row)])
+    assert pad not in row
+    logits, _ = model.forward(np.array([row]))  # the test can fail: penalising pad changes the first token
+    first = logits[0, -1].astype(np.float64)
+    seen = [*row, pad]
+    first[seen] = np.where(first[seen] > 0, first[seen] / penalty, first[seen] * penalty)
+    assert int(np.argmax(first)) != pad
+
+    ids = np.array([[5, 17, 33, 2, 90], [pad, pad, pad, *row]])
+    mask = np.array([[1] * 5, [0, 0, 0, 1, 1]])
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                   repetition_penalty=penalty, eos_token_id=[], pad_token_id=pad)
+    np.testing.assert_array_equal(out[1, 5:], alone[0, len(row):])
+    with torch.no_grad():
+        theirs = hf_model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                   do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=pad,
+                                   eos_token_id=None, repetition_penalty=penalty, top_k=None, top_p=None,
+                                   temperature=None).numpy()
+    np.testing.assert_array_equal(out, theirs)
+
+
+def test_frequency_and_presence_penalties_count_only_generated_tokens(model):
+    """OpenAI's formula, c[j] = how often j was *sampled* so far (vLLM: "in the generated text"):
+    logit[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty.  The expected scores are
+    rebuilt from one uncached forward over the final sequences, with counts written out here;
+    the prompt and its left padding never count."""
+    ids = np.array([[77, 77, 77, 61, 3, 3, 77], [0, 0, 0, 0, 0, 12, 50]])
+    mask = np.array([[1] * 7, [0] * 5 + [1, 1]])
+    fp, pp = 0.75, 0.5
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, temperature=0,
+                   frequency_penalty=fp, presence_penalty=pp, eos_token_id=[], pad_token_id=0,
+                   return_dict_in_generate=True, output_scores=True)
+    seqs, T0 = out.sequences, ids.shape[1]
+    full_mask = np.concatenate([mask, np.ones((2, MAX_NEW), np.int64)], axis=1)
+    raw, _ = model.forward(seqs, attention_mask=full_mask)  # [B, T0 + n, V], no cache
+    for step, scores in enumerate(out.scores):
+        counts = np.zeros((2, V))
+        for b in range(2):
+            for tok in seqs[b, T0:T0 + step]:
+                counts[b, tok] += 1
+        expected = raw[:, T0 - 1 + step].astype(np.float64) - fp * counts - pp * (counts > 0)
+        np.testing.assert_allclose(scores, expected, atol=1e-4)
+
+
+def test_ids_past_the_tokenizer_vocabulary_but_inside_the_model_vocabulary_are_valid():
+    """Checkpoints often pad the embedding matrix (model V > tokenizer V).  generate checks ids
+    against the model's V: such ids may be prompt tokens, EOS, padding, or generated."""
+
+    class Padded(CountingModel):
+        class config:
+            vocab_size = 12  # a tokenizer of 10 tokens: ids 10 and 11 are padding rows
+
+        def forward(self, input_ids, **kw):
+            logits = np.zeros((input_ids.shape[0], input_ids.shape[1], 12), np.float32)
+            logits[np.arange(input_ids.shape[0]), -1, (input_ids[:, -1] + 1) % 12] = 1.0
+            return logits, None
+
+    out = generate(Padded(), [[8], [0]], max_new_tokens=5, temperature=0, eos_token_id=11, pad_token_id=10,
+                   stop_token_sequences=[[10, 11]], return_dict_in_generate=True)
+    np.testing.assert_array_equal(out.sequences, [[8, 9, 10, 11, 10, 10], [0, 1, 2, 3, 4, 5]])
+    assert out.stop_reasons == ["eos", "length"]  # EOS is checked before the stop sequences
+    np.testing.assert_array_equal(generate(Padded(), [[11, 10]], max_new_tokens=1, temperature=0,
+                                           eos_token_id=[]), [[11, 10, 11]])
+    with pytest.raises(GenerationParameterError, match="input_ids"):
+        generate(Padded(), [[12]], max_new_tokens=1)

@@ -1,7 +1,11 @@
 """Properties of the samplers in npllm.sampling (lesson 05).
 
 Expected values come from the math (float64 softmax written out here with
-math.fsum), never from npllm's own output.
+math.fsum), never from npllm's own output.  Most properties draw their rows from
+``npllm.testing.logits``, which aims at the hard cases (ties, uniform rows,
+-inf, huge and tiny magnitudes, ulp gaps); the few that need exact arithmetic on
+the logits (adding a constant, the temperature limits) use a coarse grid.
+``tests/test_testing.py`` runs ``npllm.testing.check_filter`` on every filter.
 """
 
 import math
@@ -14,6 +18,10 @@ from hypothesis.extra.numpy import arrays
 
 from npllm import _jit, sampling
 from npllm.errors import GenerationParameterError
+from npllm.testing import logits
+
+# One float64 row [V] of hard cases, from npllm's own strategy.
+hard_rows = logits(batch=1, dtype=np.float64).map(lambda x: x[0])
 
 # Logits on a 1/8 grid: adding an integer constant is exact, ties are common.
 grid = st.integers(-160, 160).map(lambda i: i / 8.0)
@@ -21,7 +29,7 @@ logit_rows = st.integers(1, 24).flatmap(lambda v: arrays(np.float64, v, elements
 
 
 @st.composite
-def rows_with_neg_inf(draw):
+def grid_rows_with_neg_inf(draw):
     x = draw(logit_rows)
     holes = draw(arrays(bool, x.shape, elements=st.booleans()))
     holes[int(np.argmax(x))] = False  # keep one finite entry
@@ -31,7 +39,8 @@ def rows_with_neg_inf(draw):
 def probs64(x):
     """softmax in float64, written independently of npllm."""
     x = np.asarray(x, dtype=np.float64)
-    e = np.exp(x - x.max())
+    with np.errstate(over="ignore"):  # huge logits: x - max overflows to -inf, exp gives 0
+        e = np.exp(x - x.max())
     return e / math.fsum(e)
 
 
@@ -41,12 +50,12 @@ def descending_order(x):
 
 
 def kept(out):
-    return np.isfinite(out)
+    return np.asarray(out) > -np.inf
 
 
 # ============================================================== top-p
 @settings(max_examples=150)
-@given(rows_with_neg_inf(), st.floats(0.01, 1.0))
+@given(hard_rows, st.floats(0.01, 1.0))
 def test_top_p_keeps_the_minimal_descending_prefix_whose_mass_reaches_p(x, p):
     out = sampling.top_p_filter(x, p)
     probs = probs64(x)
@@ -85,7 +94,7 @@ def test_top_p_nucleus_definition_on_many_random_rows():
         np.testing.assert_array_equal(kept(sampling.top_p_filter(x, value)), exp_v & np.isfinite(x))
 
 
-@given(rows_with_neg_inf(), st.floats(0.01, 0.99), st.integers(1, 5))
+@given(hard_rows, st.floats(0.01, 0.99), st.integers(1, 5))
 def test_top_p_honours_min_tokens_to_keep(x, p, m):
     out = sampling.top_p_filter(x, p, min_tokens_to_keep=m)
     n_finite = int(np.isfinite(x).sum())
@@ -95,7 +104,7 @@ def test_top_p_honours_min_tokens_to_keep(x, p, m):
 
 
 # ============================================================== top-k
-@given(rows_with_neg_inf(), st.integers(1, 30))
+@given(hard_rows, st.integers(1, 30))
 def test_top_k_keeps_at_least_k_and_every_logit_at_least_the_kth(x, k):
     out = sampling.top_k_filter(x, k)
     finite = np.sort(x[np.isfinite(x)])[::-1]
@@ -127,7 +136,7 @@ FILTERS = {
 
 
 @pytest.mark.parametrize("name", list(FILTERS))
-@given(x=rows_with_neg_inf(), a=st.floats(0.0, 1.0))
+@given(x=hard_rows, a=st.floats(0.0, 1.0))
 def test_filters_never_remove_the_argmax_except_typical(name, x, a):
     out = FILTERS[name](x, a)
     assert kept(out).sum() >= 1
@@ -138,13 +147,13 @@ def test_filters_never_remove_the_argmax_except_typical(name, x, a):
 
 
 @pytest.mark.parametrize("name", list(FILTERS))
-@given(x=rows_with_neg_inf(), a=st.floats(0.0, 1.0), c=st.integers(-100, 100))
+@given(x=grid_rows_with_neg_inf(), a=st.floats(0.0, 1.0), c=st.integers(-100, 100))
 def test_filters_are_invariant_to_adding_a_constant(name, x, a, c):
     np.testing.assert_array_equal(kept(FILTERS[name](x + c, a)), kept(FILTERS[name](x, a)))
 
 
 @pytest.mark.parametrize("name", list(FILTERS))
-@given(x=rows_with_neg_inf(), a=st.floats(0.0, 1.0))
+@given(x=hard_rows, a=st.floats(0.0, 1.0))
 def test_kept_probabilities_renormalize_to_one(name, x, a):
     out = FILTERS[name](x, a)
     p = sampling.softmax(out)
@@ -165,7 +174,7 @@ def test_filters_do_not_modify_their_input_and_keep_dtype_and_shape(name):
         np.testing.assert_array_equal(FILTERS[name](x[b], 0.5), out[b])
 
 
-@given(rows_with_neg_inf(), st.floats(0.0, 1.0))
+@given(hard_rows, st.floats(0.0, 1.0))
 def test_min_p_keeps_exactly_tokens_at_least_min_p_times_the_top(x, mp):
     probs = probs64(x)
     assume(np.all(np.abs(probs - mp * probs.max()) > 1e-12))
@@ -174,7 +183,7 @@ def test_min_p_keeps_exactly_tokens_at_least_min_p_times_the_top(x, mp):
     np.testing.assert_array_equal(kept(out), expected & np.isfinite(x))
 
 
-@given(rows_with_neg_inf(), st.floats(0.01, 0.99))
+@given(hard_rows, st.floats(0.01, 0.99))
 def test_typical_keeps_a_set_of_mass_at_least_p_closest_to_the_entropy(x, tp):
     probs = probs64(x)
     nz = probs > 0
@@ -189,7 +198,7 @@ def test_typical_keeps_a_set_of_mass_at_least_p_closest_to_the_entropy(x, tp):
 
 
 # ============================================================== temperature
-@given(rows_with_neg_inf())
+@given(grid_rows_with_neg_inf())
 def test_temperature_to_zero_gives_one_hot_and_to_infinity_gives_uniform(x):
     finite = np.sort(x[np.isfinite(x)])[::-1]
     if finite.size > 1:
@@ -200,13 +209,13 @@ def test_temperature_to_zero_gives_one_hot_and_to_infinity_gives_uniform(x):
     np.testing.assert_allclose(hot[np.isfinite(x)], 1.0 / finite.size, rtol=1e-4)
 
 
-@given(rows_with_neg_inf(), st.floats(0.05, 20.0))
+@given(grid_rows_with_neg_inf(), st.floats(0.05, 20.0))
 def test_temperature_divides_the_logits(x, t):
     np.testing.assert_array_equal(sampling.apply_temperature(x, t), x / t)
 
 
 # ============================================================== penalties
-@given(rows_with_neg_inf(), st.floats(0.1, 5.0), st.data())
+@given(hard_rows, st.floats(0.1, 5.0), st.data())
 def test_repetition_penalty_sign_rule(x, penalty, data):
     ids = data.draw(arrays(np.int64, st.integers(0, 12), elements=st.integers(0, x.size - 1)))
     out = sampling.apply_repetition_penalty(x, ids, penalty)
@@ -214,8 +223,9 @@ def test_repetition_penalty_sign_rule(x, penalty, data):
     seen[ids] = True
     np.testing.assert_array_equal(out[~seen], x[~seen])
     pos, neg = seen & (x > 0), seen & (x < 0)
-    np.testing.assert_allclose(out[pos], x[pos] / penalty)  # positive logits are divided
-    np.testing.assert_allclose(out[neg], x[neg] * penalty)  # negative ones multiplied
+    with np.errstate(over="ignore"):  # beyond float64's range both sides are +-inf
+        np.testing.assert_allclose(out[pos], x[pos] / penalty)  # positive logits are divided
+        np.testing.assert_allclose(out[neg], x[neg] * penalty)  # negative ones multiplied
     if penalty > 1:  # a penalty > 1 never makes a seen token more likely
         assert np.all(out[seen] <= x[seen])
 
@@ -375,3 +385,112 @@ def test_bad_parameters_raise_a_value_error_naming_them(call, name):
     with pytest.raises(GenerationParameterError, match=name) as err:
         call()
     assert isinstance(err.value, ValueError)
+
+
+# ============================================================== +inf logits
+def test_sample_draws_the_plus_inf_token():
+    rng = np.random.default_rng(0)
+    x = np.array([[0.0, 1.0, np.inf, 2.0], [np.inf, 5.0, -np.inf, 0.0]])
+    draws = sampling.sample(np.tile(x, (200, 1)), rng).reshape(200, 2)
+    assert np.all(draws[:, 0] == 2) and np.all(draws[:, 1] == 0)
+
+
+def test_sample_is_uniform_among_several_plus_inf_tokens():
+    x = np.array([0.0, np.inf, 3.0, np.inf, -np.inf, np.inf])
+    n = 30_000
+    draws = sampling.sample(np.broadcast_to(x, (n, x.size)), np.random.default_rng(1))
+    counts = np.bincount(draws, minlength=x.size)
+    assert counts[[0, 2, 4]].sum() == 0
+    e = n / 3
+    chi2 = float(np.sum((counts[[1, 3, 5]] - e) ** 2 / e))
+    assert chi2 < chi2_critical(2), counts
+
+
+def test_softmax_gives_the_plus_inf_tokens_all_the_mass():
+    np.testing.assert_array_equal(sampling.softmax(np.array([1.0, np.inf, 0.0])), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(sampling.softmax(np.array([[np.inf, np.inf, -np.inf, 7.0]])),
+                                  [[0.5, 0.5, 0.0, 0.0]])
+    np.testing.assert_array_equal(sampling.log_softmax(np.array([np.inf, 0.0])), [0.0, -np.inf])
+
+
+def test_min_p_with_a_plus_inf_logit_keeps_only_the_plus_inf_tokens():
+    x = np.array([[0.0, 1.0, np.inf, 2.0], [np.inf, np.inf, 3.0, -1.0]])
+    np.testing.assert_array_equal(kept(sampling.min_p_filter(x, 0.1)),
+                                  [[False, False, True, False], [True, True, False, False]])
+    np.testing.assert_array_equal(kept(sampling.min_p_filter(x, 0.0)), x > -np.inf)
+
+
+# ============================================================== exact ties at the top-p cut
+@pytest.mark.parametrize("n,p", [(300, 0.5), (100, 0.5), (100, 0.3), (1000, 0.5), (10, 0.9), (49152, 0.25)])
+def test_top_p_on_a_uniform_row_keeps_the_tokens_whose_mass_reaches_exactly_p(n, p):
+    """n equal logits: each token has probability 1/n, so round(p n) tokens reach exactly p
+    (150 of 300 at p = 0.5, as HF keeps); one more would not be the smallest such set."""
+    expected = round(p * n)
+    for dtype in (np.float32, np.float64):
+        x = np.full(n, 1.5, dtype=dtype)
+        assert kept(sampling.top_p_filter(x, p)).sum() == expected
+        try:
+            _jit.use_reference(True)
+            assert kept(sampling.top_p_filter(x, p)).sum() == expected
+        finally:
+            _jit.use_reference(False)
+
+
+# ============================================================== temperature overflow
+@pytest.mark.parametrize("t", [1e-37, 1e-39, 1e-45, 1e-300, 5e-324])
+def test_a_temperature_so_small_that_logits_over_t_overflows_puts_all_mass_on_the_argmax(t):
+    x = np.array([[3.0, 2.0, -1.0, 2.5], [-4.0, 0.0, -np.inf, -0.5]], dtype=np.float32)
+    out = sampling.apply_temperature(x, t)
+    assert out.dtype == np.float32 and not np.isnan(out).any()
+    np.testing.assert_array_equal(sampling.softmax(out), [[1, 0, 0, 0], [0, 1, 0, 0]])
+    draws = sampling.sample(np.tile(out, (50, 1)), np.random.default_rng(0))
+    np.testing.assert_array_equal(draws, np.tile([0, 1], 50))
+
+
+def test_a_tiny_temperature_keeps_exact_ties_at_the_top_tied():
+    """Equal logits stay equal at every temperature > 0, so the limit shares the mass among them."""
+    x = np.array([1.0, 7.0, 7.0, -2.0], dtype=np.float32)
+    np.testing.assert_array_equal(sampling.softmax(sampling.apply_temperature(x, 1e-40)), [0, 0.5, 0.5, 0])
+
+
+# ============================================================== found by npllm.testing.check_filter
+def test_top_p_on_a_row_with_plus_inf_drops_the_finite_tokens():
+    x = np.array([[np.inf, np.inf, 0.0, 0.0, 3.0]], dtype=np.float32)
+    for p, want in [(5e-324, [True, False]), (0.5, [True, False]), (0.9, [True, True])]:
+        np.testing.assert_array_equal(kept(sampling.top_p_filter(x, p)), [want + [False] * 3])
+
+
+def test_min_p_does_not_underflow_its_threshold():
+    """min_p * p_max underflows to 0 for min_p = 5e-324; p_i / p_max < min_p does not."""
+    x = np.array([np.inf, np.inf, 0.0])
+    np.testing.assert_array_equal(kept(sampling.min_p_filter(x, 5e-324)), [True, True, False])
+
+
+@pytest.mark.parametrize("t", [8.86e-41, 1e-45, 3.5e38, 1e300])
+def test_a_temperature_outside_the_float32_range_still_divides_exactly(t):
+    """float32(t) is subnormal, 0 or inf here: dividing by it would lose digits or give NaN."""
+    x = np.array([0.015625, -np.inf, 1e-20, -1e-3], dtype=np.float32)
+    out = sampling.apply_temperature(x, t)
+    with np.errstate(over="ignore"):
+        want = (x.astype(np.float64) / t).astype(np.float32)
+    if np.isfinite(want[np.isfinite(x)]).all():
+        np.testing.assert_array_equal(out, want)
+    assert not np.isnan(out).any() and out.dtype == np.float32
+
+
+# ============================================================== order of the processors
+@given(grid_rows_with_neg_inf(), st.integers(1, 30), st.floats(0.05, 20.0))
+def test_top_k_and_temperature_commute(x, k, t):
+    """z -> z / t is strictly increasing, so the k largest are the same tokens (ties too), and
+    top-k leaves the kept logits alone: either order gives the same logits (lesson 05, 3.7)."""
+    finite = np.unique(x[np.isfinite(x)])
+    assume(np.unique(finite / t).size == finite.size)  # rounding of z / t merged no two logits
+    np.testing.assert_array_equal(sampling.apply_temperature(sampling.top_k_filter(x, k), t),
+                                  sampling.top_k_filter(sampling.apply_temperature(x, t), k))
+
+
+def test_top_p_and_temperature_do_not_commute():
+    z = np.array([3.0, 2.0, 2.0, 1.0, 0.5, 0.0, -1.0, -2.5])
+    hot_then_cut = sampling.top_p_filter(sampling.apply_temperature(z, 2.0), 0.6)
+    cut_then_hot = sampling.apply_temperature(sampling.top_p_filter(z, 0.6), 2.0)
+    assert kept(hot_then_cut).sum() > kept(cut_then_hot).sum()  # a flatter distribution needs more tokens
