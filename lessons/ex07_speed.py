@@ -226,7 +226,7 @@ print(64 / (time.perf_counter() - t0), gov.current if gov else "-", gov.switches
 
 
 def thread_governor(quick):
-    heading("[7.9] a busy core: the decode thread count chosen by measuring (npllm/threads.py)")
+    heading("[7.10] a busy core: the decode thread count chosen by measuring (npllm/threads.py)")
     from npllm.threads import ThreadGovernor
 
     rows = []
