@@ -152,9 +152,11 @@ class Engine:
         self._thread.start()
         return self
 
-    def submit(self, prompt: Sequence[int], params: SamplingParams) -> Request:
+    def submit(self, prompt: Sequence[int], params: SamplingParams, events=None) -> Request:
         """Queue a request; raises ``QueueFullError`` when the queue is full, and
-        ``GenerationParameterError`` when the prompt does not fit a slot."""
+        ``GenerationParameterError`` when the prompt does not fit a slot.  ``events``: where the
+        engine puts the request's ``Token``s and its ``Finished`` (anything with ``put``; default a
+        new ``queue.Queue``)."""
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise GenerationParameterError("prompt is empty")
@@ -162,7 +164,7 @@ class Engine:
             raise GenerationParameterError(
                 f"the prompt has {len(prompt)} tokens; a slot holds {self.ctx} (-c/--ctx-size / -np), and at "
                 "least one must be left for the answer")
-        req = Request(prompt, params)
+        req = Request(prompt, params) if events is None else Request(prompt, params, events)
         with self._wake:
             if self._stopping:
                 raise QueueFullError("the server is shutting down")

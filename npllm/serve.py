@@ -248,18 +248,34 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
         log(f"npllm serve: internal error: {type(e).__name__}: {e}")
         return err(500, f"internal error: {type(e).__name__}: {e}", "server_error")
 
-    @app.middleware("http")
-    async def one_line_per_request(request: Request, call_next):
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            m_requests.labels(request.url.path if status != 404 else "other", str(status)).inc()
-            log(f'{request.client.host if request.client else "-"} "{request.method} {request.url.path}" {status} '
-                f"{1000 * (time.perf_counter() - t0):.0f} ms")
+    class LogRequests:
+        """One log line per request, when its response (streamed or not) is complete; counts
+        requests by endpoint and status.  (A plain ASGI middleware: Starlette's BaseHTTPMiddleware
+        would wrap every streamed response and its disconnect messages.)"""
+
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            t0, status = time.perf_counter(), [500]
+
+            async def send_and_note(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_and_note)
+            finally:
+                path = scope.get("path", "")
+                m_requests.labels(path if status[0] != 404 else "other", str(status[0])).inc()
+                client = scope.get("client") or ("-",)
+                log(f'{client[0]} "{scope.get("method")} {path}" {status[0]} '
+                    f"{1000 * (time.perf_counter() - t0):.0f} ms")
+
+    app.add_middleware(LogRequests)
 
     def ready():
         if st.engine is None:
@@ -333,9 +349,7 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
 
         try:
             for i, (prompt, params) in enumerate(zip(prompts, params_list)):
-                req = engine.submit(prompt, params)
-                req.events = Sink(i)
-                reqs.append(req)
+                reqs.append(engine.submit(prompt, params, events=Sink(i)))
         except QueueFullError as e:
             for r in reqs:
                 r.cancel()

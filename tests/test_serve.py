@@ -247,12 +247,13 @@ def test_abandoned_streams_free_their_slots(server, client):
             cm = http.stream("POST", server["base"] + "/v1/completions", json=body)
             r = cm.__enter__()
             streams.append((cm, r))
-        for _, r in streams:  # each got going (its first token arrived), then is dropped
-            lines = r.iter_lines()
+        readers = [r.iter_lines() for _, r in streams]  # (dropping a reader closes its stream)
+        for lines in readers:  # each got going: its first token arrived
             while not next(lines).startswith("data: {"):
                 pass
         assert _metric(server, "npllm_busy_slots") == SLOTS
-        for cm, r in streams:
+        for (cm, r), lines in zip(streams, readers):  # then the clients go away mid-way
+            lines.close()
             r.close()
             cm.__exit__(None, None, None)
     t0 = time.time()
