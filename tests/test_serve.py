@@ -104,14 +104,14 @@ def test_models_lists_the_served_model(client):
 
 
 def test_chat_streamed_and_not_give_the_same_text_and_usage(client):
-    kw = dict(model="m", messages=CHAT, max_tokens=16, temperature=0)
+    kw = dict(model="m", messages=CHAT, max_tokens=10, temperature=0)
     r = client.chat.completions.create(**kw)
     text, usage, ids, reasons = _chat_stream(client, stream_options={"include_usage": True}, **kw)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert text == r.choices[0].message.content and text
     assert len(ids) == 1  # one id for every chunk
     assert reasons[-1] == r.choices[0].finish_reason and all(x is None for x in reasons[:-1])
-    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens <= 16
+    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens <= 10
     assert usage.prompt_tokens == r.usage.prompt_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
@@ -145,7 +145,7 @@ def test_a_stop_string_cuts_the_text_and_never_leaks(client, stop):
 
 
 def test_chat_stop_string_streamed(client):
-    kw = dict(model="m", messages=CHAT, max_tokens=24, temperature=0)
+    kw = dict(model="m", messages=CHAT, max_tokens=14, temperature=0)
     full = client.chat.completions.create(**kw).choices[0].message.content
     stop = full[len(full) // 2: len(full) // 2 + 3]
     assert len(stop) == 3 and stop.strip()
@@ -222,11 +222,11 @@ def _together(client, prompts, max_tokens):
 
 @pytest.fixture(scope="module")
 def alone(client):
-    return _alone(client, PROMPTS, 20)
+    return _alone(client, PROMPTS, 12)
 
 
 def test_8_concurrent_greedy_requests_give_the_tokens_each_gives_alone(client, alone):
-    together = _together(client, PROMPTS, 20)
+    together = _together(client, PROMPTS, 12)
     for a, b in zip(alone, together):
         assert b.choices[0].logprobs.tokens == a.choices[0].logprobs.tokens
         assert b.choices[0].text == a.choices[0].text
@@ -273,11 +273,11 @@ def test_12_clients_times_3_requests_all_arrive_intact(client, alone):
             for j in range(3):
                 p = PROMPTS[(k + j) % len(PROMPTS)]
                 if (k + j) % 2:
-                    r = client.completions.create(model="m", prompt=p, max_tokens=20, temperature=0)
+                    r = client.completions.create(model="m", prompt=p, max_tokens=12, temperature=0)
                     results.append((p, r.choices[0].text))
                 else:
                     text = "".join(c.choices[0].text for c in client.completions.create(
-                        model="m", prompt=p, max_tokens=20, temperature=0, stream=True) if c.choices)
+                        model="m", prompt=p, max_tokens=12, temperature=0, stream=True) if c.choices)
                     results.append((p, text))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(repr(e))
@@ -395,7 +395,9 @@ def test_metrics_count_requests_tokens_and_ttft(server):
 
 def test_zz_no_500_anywhere_and_one_log_line_per_request(server):
     text = httpx.get(server["base"] + "/metrics", timeout=10).text
-    assert not re.search(r'npllm_requests_total\{[^}]*status="5\d\d"', text)
+    # (/health answers 503 while the model loads, by design; nothing else may be a 5xx)
+    assert not re.findall(r'npllm_requests_total\{endpoint="(?!/health")[^"]*",status="5\d\d"', text)
+    assert 'status="500"' not in text
     log = open(server["log"]).read()
     assert "Traceback" not in log and "internal error" not in log
     assert re.search(r'"POST /v1/chat/completions" 200 \d+ ms', log)
@@ -405,7 +407,7 @@ def test_zz_no_500_anywhere_and_one_log_line_per_request(server):
 def test_full_queue_is_429_and_sigterm_drains_then_exits_0(tmp_path):
     proc, port, _ = _start("-np", "1", "-c", "512", "--max-queue", "1", log_path=str(tmp_path / "small.log"))
     base = f"http://127.0.0.1:{port}"
-    body = {"model": "m", "prompt": "Tell me a story.", "max_tokens": 30, "temperature": 0, "ignore_eos": True}
+    body = {"model": "m", "prompt": "Tell me a story.", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
     results = {}
 
     def post(k):
@@ -431,7 +433,7 @@ def test_full_queue_is_429_and_sigterm_drains_then_exits_0(tmp_path):
         first.join(60)
         second.join(60)
         assert results["running"].status_code == 200  # in flight when SIGTERM came: finished
-        assert results["running"].json()["usage"]["completion_tokens"] == 30
+        assert results["running"].json()["usage"]["completion_tokens"] == 24
     finally:
         if proc.poll() is None:
             proc.kill()
