@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -153,12 +154,13 @@ def main(argv=None):
            "max_tokens": args.max_tokens, "requests_per_client": args.requests, "engines": {}}
     for engine in engines:
         port = free_port()
-        log_path = os.path.join(HERE, "results", f"serve_{engine}.log")
+        log_path = os.path.join(tempfile.gettempdir(), f"bench_serve_{engine}.log")
         with open(log_path, "w") as log:
             proc = start_server(engine, args, model_path, port, log)
             base = f"http://127.0.0.1:{port}"
             try:
-                one_request(base, "Warm-up: say hello.", 4)  # compile / fault in the weights, untimed
+                for prompt in ("Warm-up: say hello.", "Warm-up: write a long story about a lighthouse at night."):
+                    one_request(base, prompt, 4)  # load compiled code, fault in the weights: untimed
                 levels = []
                 for c in args.clients:
                     levels.append(run_level(base, c, args.requests, args.max_tokens))

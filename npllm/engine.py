@@ -174,6 +174,26 @@ class Engine:
             self._wake.notify()
         return req
 
+    def warm_up(self) -> None:
+        """Run each path once (a long and a short prefill, decode steps of 1 and 2 rows), so the
+        first request does not pay for loading compiled kernels and faulting in the weights."""
+        n = min(PREFILL_CHUNK, 24, self.ctx - 3)
+        with kernels.batch_invariant():
+            for i, T in enumerate((n, min(4, n))):
+                if i >= self.n_slots:
+                    break
+                ids = np.full((1, T), self.eos[0] if self.eos else 0, dtype=np.int64)
+                self.model.forward(ids, past_key_values=self.pool.row(i), use_cache=True,
+                                   position_ids=np.arange(T)[None, :], logits_to_keep=1)
+            for rows in ([0], [0, 1][:self.n_slots]):
+                cache = self.pool.batch(rows)
+                self.model.forward(np.zeros((len(rows), 1), np.int64),
+                                   attention_mask=np.ones((len(rows), cache.length + 1), np.int64),
+                                   past_key_values=cache, use_cache=True,
+                                   position_ids=self.pool.lengths[rows][:, None].copy(), logits_to_keep=1)
+        for i in range(self.n_slots):
+            self.pool.free(i)
+
     @property
     def queue_depth(self) -> int:
         return len(self.waiting)

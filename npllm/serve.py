@@ -210,8 +210,10 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
             if tok is None:
                 raise NpllmError("the model has no tokenizer")
             st.tokenizer = tok
-            st.engine = Engine(model, tok, n_slots=n_slots, ctx_per_slot=max(2, ctx_size // n_slots),
-                               max_queue=max_queue, threads=threads).start()
+            engine = Engine(model, tok, n_slots=n_slots, ctx_per_slot=max(2, ctx_size // n_slots),
+                            max_queue=max_queue, threads=threads)
+            engine.warm_up()
+            st.engine = engine.start()
             log(f"npllm serve: model {model_id} ready, {n_slots} slots of {st.engine.ctx} tokens")
         except Exception as e:  # /health reports it
             st.error = f"{type(e).__name__}: {e}"
