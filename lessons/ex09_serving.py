@@ -131,12 +131,11 @@ def batch_invariance(model, tok, quick):
 def the_server(quick):
     heading("[9.5] npllm serve: a real server, 4 concurrent clients")
     try:
-        import httpx  # noqa: F401
-        import fastapi  # noqa: F401
+        import fastapi  # noqa: F401  (the server's own stack)
+        import httpx
     except ImportError:
         print('the serve extra is not installed (pip install "npllm[serve]" httpx): skipped')
         return
-    import httpx
 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = tempfile.TemporaryFile("w+")

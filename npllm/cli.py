@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on Ray: a cluster address, or 'local' (the default when no address is given)")
     b.add_argument("--workers", type=_int_at_least(1), default=None, help="Ray actors (default 2)")
 
-    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching (llama-server's flags)")
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching "
+                                      "(llama-server's flags)")
     sv.add_argument("-m", "--model", default=DEFAULT_MODEL,
                     help=f"a .gguf file, an HF directory, or an alias (default: {DEFAULT_MODEL})")
     sv.add_argument("--host", default="127.0.0.1")

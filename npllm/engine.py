@@ -64,6 +64,9 @@ class SamplingParams:
     seed: Optional[int] = None
     logprobs: Optional[int] = None  # None: off; k >= 0: the chosen token's and the k best
     ignore_eos: bool = False
+    # extra processors ``(input_ids [1, S], scores [1, V]) -> scores`` run after the built-in ones,
+    # e.g. a structured-output constraint for this request (``response_format``)
+    logits_processors: Sequence = ()
 
 
 @dataclass
@@ -115,6 +118,7 @@ class _Slot:
             do_sample=self.do_sample, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
             repetition_penalty=p.repetition_penalty, frequency_penalty=p.frequency_penalty,
             presence_penalty=p.presence_penalty, prompt_length=len(req.prompt))
+        self.processors.extend(p.logits_processors)
         self.rng = np.random.default_rng(p.seed)
         self.eos = () if p.ignore_eos else tuple(eos)
         self.pieces: List[str] = []

@@ -131,8 +131,8 @@ def _response_format(body) -> None:
     if v["type"] == "text":
         return
     if v["type"] in ("json_object", "json_schema"):
-        # The seam for structured output (npllm.structured): build a per-request constraint here
-        # and hand it to the engine as a logits processor.
+        # The seam for structured output (npllm.structured): build this request's constraint here
+        # and return it, for ``SamplingParams.logits_processors`` (see ``run``).
         raise BadRequest("response_format", f"response_format type {v['type']!r} is not supported yet")
     raise BadRequest("response_format", f"response_format type must be text, json_object or json_schema, "
                                         f"got {v['type']!r}")
