@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -437,3 +438,20 @@ def test_full_queue_is_429_and_sigterm_drains_then_exits_0(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _cli(*args):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "npllm", "serve", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_cli_errors_are_one_line_with_status_2():
+    r = _cli("-np", "4", "-c", "6")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "-c/--ctx-size" in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        r = _cli("--port", str(busy.getsockname()[1]))
+    assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr
