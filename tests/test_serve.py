@@ -78,7 +78,7 @@ def client(server):
     return openai.OpenAI(base_url=server["base"] + "/v1", api_key="none", max_retries=0, timeout=300)
 
 
-CHAT = [{"role": "user", "content": "Name three fruits."}]
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three fruits."}]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "1, 2, 3, 4,",
            "The best way to learn", "Water boils at", "My favourite colour is", "import numpy as np\n"]
 
