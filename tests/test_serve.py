@@ -265,6 +265,17 @@ def test_abandoned_streams_free_their_slots(server, client):
     assert r.choices[0].text and time.time() - t0 < 30
 
 
+def test_a_non_streaming_client_that_leaves_frees_its_slot(server):
+    body = {"model": "m", "prompt": "Tell me a very long story.", "max_tokens": 400, "temperature": 0,
+            "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server["base"] + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=3))
+    t0 = time.time()
+    while _metric(server, "npllm_busy_slots") > 0:
+        assert time.time() - t0 < 10, "the slot of a client that went away is still busy"
+        time.sleep(0.1)
+
+
 def test_12_clients_times_3_requests_all_arrive_intact(client, alone):
     expected = {p: a.choices[0].text for p, a in zip(PROMPTS, alone)}
     results, errors = [], []
