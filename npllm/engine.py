@@ -307,39 +307,47 @@ class Engine:
         for s, row in zip(slots, logits):
             if s.req.cancelled:
                 continue
-            p = s.req.params
-            ids = np.asarray(s.ids, dtype=np.int64)[None, :]
-            scores = s.processors(ids, row[None, :].astype(np.float32, copy=False))   # [1, V]
-            if not np.isfinite(scores).any():
-                raise GenerationParameterError("every token was filtered out; relax top_p / min_p / top_k")
-            tok = int(sampling.sample(scores, s.rng)[0] if s.do_sample else sampling.greedy(scores)[0])
-            event = Token(tok, "")
-            if p.logprobs is not None:
-                lp = sampling.log_softmax(scores)[0]
-                event.logprob = float(lp[tok])
-                if p.logprobs > 0:
-                    best = np.argsort(-lp, kind="stable")[:p.logprobs]
-                    event.top_logprobs = [(int(i), float(lp[i])) for i in best]
-            if s.req.first_token is None:
-                s.req.first_token = time.perf_counter()
-            s.ids.append(tok)
-            s.n_new += 1
-            reason = None
-            if tok in s.eos:
+            try:
+                self._sample_one(s, row)
+            except Exception as e:  # this request fails alone; the others go on
+                s.req.events.put(Finished("error", text=f"{type(e).__name__}: {e}"))
+                self._free(s)
+
+    def _sample_one(self, s: _Slot, row: np.ndarray) -> None:
+        """Process, select, record and stream one slot's next token; free the slot when it is done."""
+        p = s.req.params
+        ids = np.asarray(s.ids, dtype=np.int64)[None, :]
+        scores = s.processors(ids, row[None, :].astype(np.float32, copy=False))   # [1, V]
+        if not np.isfinite(scores).any():
+            raise GenerationParameterError("every token was filtered out; relax top_p / min_p / top_k")
+        tok = int(sampling.sample(scores, s.rng)[0] if s.do_sample else sampling.greedy(scores)[0])
+        event = Token(tok, "")
+        if p.logprobs is not None:
+            lp = sampling.log_softmax(scores)[0]
+            event.logprob = float(lp[tok])
+            if p.logprobs > 0:
+                best = np.argsort(-lp, kind="stable")[:p.logprobs]
+                event.top_logprobs = [(int(i), float(lp[i])) for i in best]
+        if s.req.first_token is None:
+            s.req.first_token = time.perf_counter()
+        s.ids.append(tok)
+        s.n_new += 1
+        reason = None
+        if tok in s.eos:
+            reason = "stop"
+        else:
+            s.streamer.put(np.array([tok]))
+            event.text = "".join(s.pieces)
+            s.pieces.clear()
+            if s.streamer.stopped:
                 reason = "stop"
-            else:
-                s.streamer.put(np.array([tok]))
-                event.text = "".join(s.pieces)
-                s.pieces.clear()
-                if s.streamer.stopped:
-                    reason = "stop"
-            if reason is None and (s.n_new >= p.max_tokens or len(s.ids) >= self.ctx):
-                reason = "length"
-            s.req.events.put(event)
-            if reason is None:
-                s.next = tok
-                continue
-            if not s.streamer.stopped:
-                s.streamer.end()  # flush text held back for a stop string that never completed
-            s.req.events.put(Finished(reason, "".join(s.pieces), len(s.req.prompt), s.n_new))
-            self._free(s)
+        if reason is None and (s.n_new >= p.max_tokens or len(s.ids) >= self.ctx):
+            reason = "length"
+        s.req.events.put(event)
+        if reason is None:
+            s.next = tok
+            return
+        if not s.streamer.stopped:
+            s.streamer.end()  # flush text held back for a stop string that never completed
+        s.req.events.put(Finished(reason, "".join(s.pieces), len(s.req.prompt), s.n_new))
+        self._free(s)

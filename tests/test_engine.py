@@ -66,3 +66,28 @@ def test_a_seeded_request_samples_the_same_tokens_alone_and_beside_others(loaded
         assert together[0] == together[2] == alone
     finally:
         engine.shutdown()
+
+
+def test_a_failing_request_ends_alone_and_its_neighbour_goes_on(loaded):
+    model, tok = loaded
+
+    def broken(input_ids, scores):
+        raise RuntimeError("constraint failed")
+
+    def ban_first_choice(input_ids, scores):  # a per-request processor (the response_format seam)
+        out = scores.copy()
+        out[0, 29] = -float("inf")
+        return out
+
+    engine = Engine(model, tok, n_slots=2, ctx_per_slot=64).start()
+    try:
+        good = engine.submit(tok.encode("Hello"), SamplingParams(max_tokens=4, temperature=0,
+                                                                 logits_processors=[ban_first_choice]))
+        bad = engine.submit(tok.encode("Hello"), SamplingParams(max_tokens=4, temperature=0,
+                                                                logits_processors=[broken]))
+        ids, done = _drain(good)
+        assert len(ids) == 4 and 29 not in ids and done.reason == "length"
+        ids, done = _drain(bad)
+        assert ids == [] and done.reason == "error" and "constraint failed" in done.text
+    finally:
+        engine.shutdown()
