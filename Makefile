@@ -31,6 +31,7 @@ lessons: install model
 	$(PIP) install -q -e ".[lessons]"
 	$(PYTHON) -m lessons
 
+# bench_serve.py races llama-server: $$LLAMA_SERVER if set, else the one build_llama_cpp.sh builds once.
 bench: install model
 	$(PIP) install -q "torch==2.13.0" transformers accelerate psutil llama-cpp-python
 	$(PYTHON) benchmarks/bench_generate.py
@@ -38,3 +39,5 @@ bench: install model
 	$(PYTHON) benchmarks/bench_memory.py
 	$(PIP) install -q -e ".[ray]"
 	$(PYTHON) benchmarks/bench_batch.py
+	$(PIP) install -q -e ".[serve]" httpx
+	$(PYTHON) benchmarks/bench_serve.py --llama-server "$${LLAMA_SERVER:-$$(bash benchmarks/build_llama_cpp.sh)/llama-server}"

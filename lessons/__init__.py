@@ -17,5 +17,5 @@ LESSONS = {
     6: "ex06_real_checkpoints",
     7: "ex07_speed",
     8: "ex08_model_families",
-    9: "ex09_batch",
+    9: "ex09_serving",
 }

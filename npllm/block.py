@@ -119,7 +119,7 @@ class Attention:
             k = self.k_norm(k.reshape(B, self.Hkv, self.Dh)).reshape(B, -1)
         cos, sin = ropes[self.rope] if self.rope is not None else (None, None)
         y = decode_attention(q, k, v, cos, sin, cache.keys[layer_idx], cache.values[layer_idx],
-                             cache.length, key_mask, scale=self.scale, softcap=self.softcap,
+                             cache.decode_at, key_mask, scale=self.scale, softcap=self.softcap,
                              window=self.window)                 # [B, H*Dh]
         return linear(y, self.o_proj, self.o_bias)
 
@@ -189,6 +189,6 @@ class TransformerBlock:
         if self.one_call is not None and x.dtype == np.float32 and not quants_reference():
             cos, sin = ropes[self.self_attn.rope] if self.self_attn.rope is not None else (None, None)
             return decode_layer(self.one_call, x, cos, sin, key_mask,
-                                cache.keys[self.idx], cache.values[self.idx], cache.length)
+                                cache.keys[self.idx], cache.values[self.idx], cache.decode_at)
         h = self.self_attn.decode(self.input_layernorm(x), ropes, key_mask, cache, self.idx)
         return self._residuals(x, h)

@@ -99,6 +99,11 @@ class KVCache:
     def advance(self, T: int) -> None:
         self.length += T
 
+    @property
+    def decode_at(self):
+        """Where a decode step writes: ``length`` for every row (a ``SlotCache`` batch: per row)."""
+        return self.length
+
     def reorder(self, rows) -> None:
         """Keep only the given batch rows (e.g. to drop finished sequences)."""
         self.keys = [k[rows] for k in self.keys]
@@ -117,6 +122,58 @@ class ConcatCache:
         k_all, v_all = concat_update(past, k, v)
         self.present.append((k_all, v_all))
         return k_all, v_all
+
+
+class SlotCache:
+    """A server's KV pool (lesson 09): one row per slot, each row with its own length.
+
+    ``keys[layer]``/``values[layer]`` are [N, Hkv, S_max, Dh]; ``lengths[i]`` is how many
+    positions slot i holds.  ``row(i)`` is a batch-1 ``KVCache`` over slot i's row (views, no
+    copy) for its prefill; ``batch(slots)`` is a ``KVCache`` over several slots for one decode
+    step, where each row is written at its own length.  ``free(i)`` forgets slot i at once.
+    """
+
+    def __init__(self, config, n_slots: int, max_seq_len: int, dtype=np.float32):
+        pool = KVCache(config, n_slots, max_seq_len, dtype)
+        self.keys, self.values, self.max_seq_len = pool.keys, pool.values, max_seq_len
+        self.lengths = np.zeros(n_slots, dtype=np.int64)
+
+    def row(self, i: int) -> KVCache:
+        return _SlotView(self, np.array([i], dtype=np.int64), rows_view=True)
+
+    def batch(self, slots) -> KVCache:
+        return _SlotView(self, np.asarray(slots, dtype=np.int64), rows_view=False)
+
+    def free(self, i: int) -> None:
+        self.lengths[i] = 0
+
+
+class _SlotView(KVCache):
+    """``SlotCache.row``/``batch``: a ``KVCache`` whose rows are some of the pool's slots."""
+
+    def __init__(self, pool: SlotCache, slots: np.ndarray, rows_view: bool):
+        self.pool, self.slots, self.rows_view = pool, slots, rows_view
+        i = int(slots[0])
+        # A prefill (one slot) writes through row views; a decode step takes the whole pool and
+        # the kernel writes row slots[b] at lengths[slots[b]].
+        self.keys = [k[i:i + 1] for k in pool.keys] if rows_view else pool.keys
+        self.values = [v[i:i + 1] for v in pool.values] if rows_view else pool.values
+        self.max_seq_len = pool.max_seq_len
+        self.length = int(pool.lengths[slots].max())
+
+    @property
+    def decode_at(self):
+        if self.rows_view:  # one slot's row: like any KVCache
+            return self.length
+        return self.slots, self.pool.lengths[self.slots]
+
+    def advance(self, T: int) -> None:
+        self.length += T
+        self.pool.lengths[self.slots] += T
+
+    def reserve(self, max_seq_len: int) -> None:
+        if max_seq_len > self.max_seq_len:
+            raise ConfigError(f"a slot holds at most {self.max_seq_len} positions (-c/--ctx-size)")
 
 
 def cache_length(past_key_values) -> int:

@@ -1,4 +1,4 @@
-"""The ``npllm`` command line (lesson 06): generate, chat, info, batch, perplexity.
+"""The ``npllm`` command line (lesson 06): generate, chat, info, batch, perplexity, serve (lesson 09).
 
 Flags follow the task names of the issue and accept llama.cpp's spellings too
 (``-m``, ``-n/--n-predict``, ``--temp``, ``--repeat-penalty``, ``-s``, ``-t``, ``-f/--file``,
@@ -106,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray: a cluster address, or 'local' (the default when no address is given)")
     b.add_argument("--workers", type=_int_at_least(1), default=None, help="Ray actors (default 2)")
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching "
+                                      "(llama-server's flags)")
+    sv.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                    help=f"a .gguf file, an HF directory, or an alias (default: {DEFAULT_MODEL})")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=_int_at_least(0), default=8080, help="0 picks a free port")
+    sv.add_argument("-np", "--parallel", type=_int_at_least(1), default=4, help="slots: requests decoded together")
+    sv.add_argument("-c", "--ctx-size", dest="ctx_size", type=_int_at_least(2), default=4096,
+                    help="tokens of context shared by the slots (each gets ctx-size / parallel)")
+    sv.add_argument("-t", "--threads", type=_int_at_least(1), default=None,
+                    help="threads for Numba kernels and BLAS (default: $NPLLM_NUM_THREADS or all cores)")
+    sv.add_argument("--max-queue", type=_int_at_least(0), default=64,
+                    help="requests that may wait for a slot; beyond them the server answers 429")
 
     pp = sub.add_parser("perplexity", help="perplexity of a text file (llama.cpp's method)")
     _add_model_args(pp)
@@ -405,12 +419,24 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    if args.port > 65535:
+        raise _UsageError(f"--port must be at most 65535, got {args.port}")
+    if args.ctx_size < 2 * args.parallel:
+        raise _UsageError(f"-c/--ctx-size {args.ctx_size} leaves fewer than 2 tokens for each of the "
+                          f"{args.parallel} slots (-np)")
+    return serve(args.model, host=args.host, port=args.port, parallel=args.parallel, ctx_size=args.ctx_size,
+                 threads=args.threads, max_queue=args.max_queue)
+
+
 def main(argv=None) -> int:
     from .errors import NpllmError
 
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "chat": cmd_chat, "info": cmd_info, "batch": cmd_batch,
-                "perplexity": cmd_perplexity}
+                "perplexity": cmd_perplexity, "serve": cmd_serve}
     try:
         return commands[args.command](args)
     except (NpllmError, _UsageError, FileNotFoundError, IsADirectoryError, PermissionError,

@@ -320,7 +320,7 @@ def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
 
 
 def test_decode_attention_kernel_equals_reference(rng):
-    from npllm.ops.attention import _decode_attention_kernel, decode_attention_ref
+    from npllm.ops.attention import _decode_attention_kernel, cache_rows, decode_attention_ref
     from npllm.ops.rope import rope_cos_sin
 
     B, H, Hkv, Dh, S_max, length = 2, 6, 2, 8, 10, 6
@@ -332,7 +332,7 @@ def test_decode_attention_kernel_equals_reference(rng):
     kc2, vc2 = kc.copy(), vc.copy()
     expected = decode_attention_ref(q, k, v, cos, sin, kc, vc, length, mask)
     out = np.empty_like(q)
-    _decode_attention_kernel(q, k, v, cos, sin, kc2, vc2, length, mask, out, Dh ** -0.5, 0.0, 0)
+    _decode_attention_kernel(q, k, v, cos, sin, kc2, vc2, *cache_rows(B, length), mask, out, Dh ** -0.5, 0.0, 0)
     assert np.allclose(out, expected, atol=1e-12)
     assert np.allclose(kc2, kc) and np.allclose(vc2, vc)   # both wrote the same cache entries
 
@@ -342,7 +342,7 @@ def test_decode_attention_kernel_equals_reference(rng):
 @pytest.mark.parametrize("rope", [True, False])
 def test_decode_attention_kernel_knobs_equal_reference(rng, window, scale, softcap, rope):
     # sliding window, Gemma's scale and softcap, and a NoPE layer (no rotation), for one new token
-    from npllm.ops.attention import _decode_attention_kernel, decode_attention_ref, no_rope
+    from npllm.ops.attention import _decode_attention_kernel, cache_rows, decode_attention_ref, no_rope
     from npllm.ops.rope import rope_cos_sin
 
     B, H, Hkv, Dh, S_max, length = 2, 6, 2, 8, 12, 8
@@ -355,7 +355,8 @@ def test_decode_attention_kernel_knobs_equal_reference(rng, window, scale, softc
     expected = decode_attention_ref(q, k, v, cos, sin, kc, vc, length, mask, scale, softcap or None, window or None)
     out = np.empty_like(q)
     kcos, ksin = (cos, sin) if rope else no_rope(B, np.float64)
-    _decode_attention_kernel(q, k, v, kcos, ksin, kc2, vc2, length, mask, out, scale, softcap, window)
+    _decode_attention_kernel(q, k, v, kcos, ksin, kc2, vc2, *cache_rows(B, length), mask, out, scale, softcap,
+                             window)
     assert np.allclose(out, expected, atol=1e-12)
     assert np.allclose(kc2, kc) and np.allclose(vc2, vc)
 

@@ -202,20 +202,34 @@ def decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, 
     cos, sin: [B, 1, Dh], or None for a layer without RoPE (NoPE);
     k_cache, v_cache: [B, Hkv, S_max, Dh], written at ``length``;
     key_mask: [B, >= length + 1] (1 = real token); ``window``: the query sees its last W slots.
+    ``length`` may also be a pair ``(rows, lengths)`` of int64 [B] arrays: batch row b then
+    uses cache row ``rows[b]``, written at ``lengths[b]`` (a server's slots, lesson 09).
     Returns [B, H*Dh]."""
     from .rope import apply_rope_ref
 
     B = q.shape[0]
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     H = q.shape[1] // Dh
+    rows, lengths = cache_rows(B, length)
     q, k = q.reshape(B, H, 1, Dh), k.reshape(B, Hkv, 1, Dh)
     if cos is not None:
         q, k = apply_rope_ref(q, cos, sin), apply_rope_ref(k, cos, sin)          # [B, H|Hkv, 1, Dh]
-    k_cache[:, :, length] = k[:, :, 0]
-    v_cache[:, :, length] = v.reshape(B, Hkv, Dh)
-    allowed = causal_padding_mask(key_mask[:, :length + 1], length, 1, window)  # [B, 1, S]
-    out = attention_ref(q, k_cache[:, :, :length + 1], v_cache[:, :, :length + 1], allowed, scale, softcap)
-    return out.reshape(B, H * Dh)
+    out = np.empty((B, H * Dh), q.dtype)
+    for b, (r, n) in enumerate(zip(rows, lengths)):                              # each row on its own
+        k_cache[r, :, n] = k[b, :, 0]
+        v_cache[r, :, n] = v[b].reshape(Hkv, Dh)
+        allowed = causal_padding_mask(key_mask[b:b + 1, :n + 1], n, 1, window)  # [1, 1, S]
+        y = attention_ref(q[b:b + 1], k_cache[r:r + 1, :, :n + 1], v_cache[r:r + 1, :, :n + 1], allowed,
+                          scale, softcap)
+        out[b] = y.reshape(H * Dh)
+    return out
+
+
+def cache_rows(B, length):
+    """``length`` (one int for every row) or ``(rows, lengths)`` -> two int64 [B] arrays."""
+    if isinstance(length, tuple):
+        return length
+    return np.arange(B, dtype=np.int64), np.full(B, length, dtype=np.int64)
 
 
 @njit
@@ -235,32 +249,36 @@ def _rotate(x, cos, sin, out, scale):
 
 
 @njit_parallel
-def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out, scale, softcap,
+def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, rows, lengths, key_mask, out, scale, softcap,
                              window):
-    # cos, sin: [B, 1, Dh], or [B, 1, 0] for no RoPE; window 0: no sliding window
+    # cos, sin: [B, 1, Dh], or [B, 1, 0] for no RoPE; window 0: no sliding window.
+    # rows, lengths: int64 [B]: batch row b lives in cache row rows[b], which holds lengths[b]
+    # positions; its new k, v go there and its query sees only them (lesson 09: slots).
     B = q.shape[0]
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     H = q.shape[1] // Dh
     G = H // Hkv
-    S = length + 1
-    s0 = max(0, S - window) if window > 0 else 0  # the first key the new query may see
     one = q.dtype.type(1.0)
     for b in range(B):                       # 1. rotate k and append k, v to the cache
+        r, n = rows[b], lengths[b]
         for h in range(Hkv):
             base = h * Dh
-            _rotate(k[b, base:base + Dh], cos[b, 0], sin[b, 0], k_cache[b, h, length], one)
+            _rotate(k[b, base:base + Dh], cos[b, 0], sin[b, 0], k_cache[r, h, n], one)
             for d in range(Dh):
-                v_cache[b, h, length, d] = v[b, base + d]
-    for bh in prange(B * H):                 # 2. each query head attends over the cache
+                v_cache[r, h, n, d] = v[b, base + d]
+    for bh in prange(B * H):                 # 2. each query head attends over its row's cache
         b = bh // H
         h = bh % H
+        r = rows[b]
+        S = lengths[b] + 1
+        s0 = max(0, S - window) if window > 0 else 0  # the first key the new query may see
         base = h * Dh
         qr = np.empty(Dh, dtype=q.dtype)     # q rotated and scaled
         y = np.empty(Dh, dtype=q.dtype)
         scores = np.empty(S - s0, dtype=q.dtype)
         _rotate(q[b, base:base + Dh], cos[b, 0], sin[b, 0], qr, scale)
         kh = h // G
-        _attend_one(qr, k_cache[b, kh, s0:S], v_cache[b, kh, s0:S], key_mask[b, s0:S], y, scores, softcap)
+        _attend_one(qr, k_cache[r, kh, s0:S], v_cache[r, kh, s0:S], key_mask[b, s0:S], y, scores, softcap)
         out[b, base:base + Dh] = y
 
 
@@ -277,7 +295,8 @@ def no_rope(B, dtype):
 
 def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=None, scale=None,
                      softcap=None, window=None):
-    """RoPE, cache append and attention for one new token per row (see ``decode_attention_ref``)."""
+    """RoPE, cache append and attention for one new token per row (see ``decode_attention_ref``;
+    ``length``: one int, or ``(rows, lengths)``)."""
     if reference_mode():
         return decode_attention_ref(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, scale, softcap,
                                     window)
@@ -287,6 +306,7 @@ def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=
         cos, sin = no_rope(q.shape[0], q.dtype)
     t = q.dtype.type
     scale = 1 / np.sqrt(k_cache.shape[3]) if scale is None else scale
-    _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out, t(scale),
+    rows, lengths = cache_rows(q.shape[0], length)
+    _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, rows, lengths, key_mask, out, t(scale),
                              t(softcap or 0), window or 0)
     return out

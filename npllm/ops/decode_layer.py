@@ -23,7 +23,7 @@ import numpy as np
 
 from .._jit import njit
 from ..quant import kernels as qk
-from .attention import _decode_attention_kernel, no_rope
+from .attention import _decode_attention_kernel, cache_rows, no_rope
 from .mlp import ACTIVATIONS, _glu_fused_kernel
 from .norm import _rms_norm_kernel
 
@@ -31,10 +31,11 @@ _NONE = np.zeros(0, np.float32)  # an absent norm weight
 
 
 @njit
-def _matmul(kind, pl, rows, x):
-    # x [B, D] float32 @ W.T -> [B, rows]; W given as (ggml type, plane addresses)
+def _matmul(kind, pl, rows, x, op1):
+    # x [B, D] float32 @ W.T -> [B, rows]; W given as (ggml type, plane addresses);
+    # op1: the kernel for B = 1 (MATVEC1, or MATVECN in batch-invariant mode, see kernels.py)
     out = np.empty((x.shape[0], rows), np.float32)
-    op = qk.MATVEC1 if x.shape[0] == 1 else qk.MATVECN
+    op = op1 if x.shape[0] == 1 else qk.MATVECN
     qk._run(op, kind, pl, x, out, 0, min(rows, qk._CHUNKS))
     return out
 
@@ -65,29 +66,30 @@ def _normed(x, w, eps):
 
 
 @njit
-def _qkv(qkv, h):
+def _qkv(qkv, h, op1):
     # q|k|v: one fused weight (the other two entries have 0 rows), or three of different types
     rows = qkv[0][2] + qkv[1][2] + qkv[2][2]
     if qkv[1][2] == 0:
-        return _matmul(qkv[0][0], qkv[0][1], rows, h)
+        return _matmul(qkv[0][0], qkv[0][1], rows, h, op1)
     y = np.empty((h.shape[0], rows), np.float32)
     r0 = 0
     for w in qkv:
-        y[:, r0:r0 + w[2]] = _matmul(w[0], w[1], w[2], h)
+        y[:, r0:r0 + w[2]] = _matmul(w[0], w[1], w[2], h, op1)
         r0 += w[2]
     return y
 
 
 @njit
 def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_norm, k_norm, o, gate_up, down,
-                  cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act):
+                  cos, sin, k_cache, v_cache, rows, lengths, key_mask, scale, softcap, window, act, op1):
     # qkv: three (ggml type, plane addresses, rows); o, gate_up, down: one each; absent norms: size 0
+    # rows, lengths: int64 [B], each batch row's cache row and its stored positions
     B, D = x.shape
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     nkv = Hkv * Dh
     h = np.empty((B, D), np.float32)
     _rms_norm_kernel(x, ln1, eps, h)
-    y = _qkv(qkv, h)                                                 # [B, nq + 2 nkv]
+    y = _qkv(qkv, h, op1)                                               # [B, nq + 2 nkv]
     nq = y.shape[1] - 2 * nkv
     if qkv_bias.size:
         for b in range(B):
@@ -97,13 +99,13 @@ def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_no
         _head_norms(y, nq, Hkv, Dh, k_norm, eps)
     att = np.empty((B, nq), np.float32)
     _decode_attention_kernel(y[:, :nq], y[:, nq:nq + nkv], y[:, nq + nkv:], cos, sin,
-                             k_cache, v_cache, length, key_mask, att, scale, softcap, window)
-    x = x + _normed(_matmul(o[0], o[1], o[2], att), ln_attn_out, eps)   # [B, D]
+                             k_cache, v_cache, rows, lengths, key_mask, att, scale, softcap, window)
+    x = x + _normed(_matmul(o[0], o[1], o[2], att, op1), ln_attn_out, eps)   # [B, D]
     _rms_norm_kernel(x, ln2, eps, h)
-    gu = _matmul(gate_up[0], gate_up[1], gate_up[2], h)              # [B, 2F]
+    gu = _matmul(gate_up[0], gate_up[1], gate_up[2], h, op1)              # [B, 2F]
     a = np.empty((B, gate_up[2] // 2), np.float32)
     _glu_fused_kernel(gu, a, act)
-    return x + _normed(_matmul(down[0], down[1], down[2], a), ln_mlp_out, eps)
+    return x + _normed(_matmul(down[0], down[1], down[2], a, op1), ln_mlp_out, eps)
 
 
 def _weight_args(w):
@@ -156,8 +158,11 @@ def one_call_args(block):
 
 def decode_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
     """One layer's decode step (x: [B, D] float32) in one Numba call; ``args`` from ``one_call_args``.
-    ``cos``/``sin`` None: a layer without RoPE."""
+    ``cos``/``sin`` None: a layer without RoPE.  ``length``: one int, or ``(rows, lengths)``
+    (see ``decode_attention``)."""
     weights, (scale, softcap, window, act) = args
     if cos is None:
         cos, sin = no_rope(x.shape[0], np.float32)
-    return _decode_layer(x, *weights, cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act)
+    rows, lengths = cache_rows(x.shape[0], length)
+    return _decode_layer(x, *weights, cos, sin, k_cache, v_cache, rows, lengths, key_mask, scale, softcap, window,
+                         act, qk.op_for_one())

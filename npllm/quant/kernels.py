@@ -30,6 +30,9 @@ memory-mapped planes of a GGUF file and writable copies share one compiled kerne
 Shape legend: R output rows (out features), D columns (in features), N inputs.
 """
 
+import contextlib
+import threading
+
 import numba
 import numpy as np
 
@@ -40,7 +43,7 @@ from .dense import _deq_row_dense, _dot_dense
 from .formats import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0  # type ids
 from .kquants import (_deq_row_iq4_xs, _deq_row_q2_k, _deq_row_q3_k, _deq_row_q4_k, _deq_row_q5_k,
                       _deq_row_q6_k, _dot_iq4_xs, _dot_q2_k, _dot_q3_k, _dot_q4_k, _dot_q5_k, _dot_q6_k)
-from .simd import addr, fload, fstore, vadd, vfma, vload, vsum, vzero
+from .simd import addr, fload, fstore, vfma, vload, vsum, vzero
 
 # ---------------------------------------------------------------------------
 # Dispatch by type
@@ -172,14 +175,15 @@ def _dot_rows2_inputs4(wp, cols, xp, outp, ostride):
 
 @njit
 def _dot_inputs1(wp, xp, cols, outp):
-    # out[0] = w . x (two accumulators)
-    main = cols - cols % 16
+    # out[0] = w . x with the very arithmetic of one of _dot_rows2_inputs4's eight sums (one
+    # 8-lane accumulator, then vsum and the tail): every row and input of a batch is computed
+    # alike, so a row's result does not depend on how many rows the batch has or where it sits
+    # (batch invariance, lesson 09).
+    main = cols - cols % 8
     a0 = vzero()
-    a1 = vzero()
-    for j in range(0, main, 16):
+    for j in range(0, main, 8):
         a0 = vfma(vload(wp, j), vload(xp, j), a0)
-        a1 = vfma(vload(wp, j + 8), vload(xp, j + 8), a1)
-    fstore(outp, 0, vsum(vadd(a0, a1)) + _tail(wp, xp, main, cols))
+    fstore(outp, 0, vsum(a0) + _tail(wp, xp, main, cols))
 
 
 @njit
@@ -277,10 +281,34 @@ def plane_addresses(planes):
     return tuple(pl)
 
 
+# Batch invariance (lesson 09).  MATVECN computes every (row, input) pair with the same
+# arithmetic, so an input's result does not depend on the other inputs.  MATVEC1 (N = 1) sums
+# in another order: faster, but a request decoded alone would then round differently from the
+# same request decoded beside others.  A server's engine thread turns MATVEC1 off for itself.
+_mode = threading.local()
+
+
+@contextlib.contextmanager
+def batch_invariant():
+    """Within this block, on this thread, N = 1 also takes MATVECN: results per input are then
+    bitwise the same for any batch size."""
+    before = getattr(_mode, "invariant", False)
+    _mode.invariant = True
+    try:
+        yield
+    finally:
+        _mode.invariant = before
+
+
+def op_for_one() -> int:
+    """The operation for a single input on this thread: MATVEC1, or MATVECN in ``batch_invariant``."""
+    return MATVECN if getattr(_mode, "invariant", False) else MATVEC1
+
+
 def matvec(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
     """out [N, R] = x [N, D] @ W.T for small N (trusted: float32, C-contiguous, shapes checked)."""
     rows = out.shape[1]
-    _run(MATVEC1 if x.shape[0] == 1 else MATVECN, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
+    _run(op_for_one() if x.shape[0] == 1 else MATVECN, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
 
 
 _NO_X = np.zeros((1, 32), np.float32)

@@ -1,0 +1,195 @@
+"""Lesson 09 (serving): ``npllm serve`` beside llama.cpp's ``llama-server`` on the same GGUF.
+
+Both servers get the same model file, threads, parallel slots and context.  For 1, 4 and 8
+concurrent clients, each client sends ``--requests`` streamed greedy completions one after
+another (``ignore_eos``, so every request decodes exactly ``--max-tokens`` tokens; each prompt
+is different and llama-server's prompt cache is turned off per request, so both prefill every
+prompt).  Reported per engine and concurrency:
+
+    aggregate tok/s   all completion tokens / wall time of the whole level
+    TTFT p50          request sent -> first streamed token
+    latency p50/p99   request sent -> [DONE]
+
+and the ratios npllm / llama-server from the same run.  Results go to
+``benchmarks/results/serve.json``.
+
+    python benchmarks/bench_serve.py --llama-server /path/to/llama-server
+    python benchmarks/bench_serve.py --engines npllm --clients 1 2 --max-tokens 8 --requests 1   # smoke
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_LLAMA_SERVER = "/work/scratch/llama-build/bin/llama-server"
+TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a city at night", "a forest", "the moon",
+          "a library", "a train", "a garden", "a mountain", "a clock"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(engine, args, model_path, port, log):
+    if engine == "npllm":
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, "-m", "npllm", "serve", "-m", model_path, "--port", str(port),
+               "-np", str(args.parallel), "-c", str(args.ctx_size), "-t", str(args.threads)]
+    else:
+        env = dict(os.environ)
+        cmd = [args.llama_server, "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
+               "-np", str(args.parallel), "-c", str(args.ctx_size), "-t", str(args.threads),
+               "-tb", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 300
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{engine} exited with status {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{engine} did not become healthy in 300 s")
+        time.sleep(0.25)
+
+
+def one_request(base, prompt, max_tokens):
+    """Stream one completion; returns (ttft s, latency s, completion tokens)."""
+    body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True, "cache_prompt": False, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, tokens, usage = None, 0, None
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data.strip() == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("usage"):
+                usage = chunk["usage"].get("completion_tokens")
+            for c in chunk.get("choices") or []:
+                if c.get("text"):
+                    tokens += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+    return ttft, time.perf_counter() - t0, usage if usage is not None else tokens
+
+
+def percentile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def run_level(base, clients, requests, max_tokens):
+    results, errors = [], []
+
+    def client(k):
+        for j in range(requests):
+            topic = TOPICS[(k * requests + j) % len(TOPICS)]
+            try:
+                results.append(one_request(base, f"Client {k}, request {j}: write a long story about {topic}.",
+                                           max_tokens))
+            except Exception as e:  # reported in the JSON
+                errors.append(repr(e))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttfts = [r[0] for r in results if r[0] is not None]
+    lat = [r[1] for r in results]
+    tokens = sum(r[2] for r in results)
+    return {"clients": clients, "requests": len(results), "errors": errors, "wall_s": round(wall, 3),
+            "completion_tokens": tokens, "aggregate_tok_s": round(tokens / wall, 2),
+            "ttft_p50_s": round(statistics.median(ttfts), 4) if ttfts else None,
+            "latency_p50_s": round(percentile(lat, 50), 3) if lat else None,
+            "latency_p99_s": round(percentile(lat, 99), 3) if lat else None}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="alias or .gguf path (both engines)")
+    p.add_argument("--llama-server", default=DEFAULT_LLAMA_SERVER)
+    p.add_argument("--engines", default="npllm,llama-server")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--parallel", type=int, default=8, help="slots (-np) of both servers")
+    p.add_argument("--ctx-size", type=int, default=4096, help="-c of both servers (shared by the slots)")
+    p.add_argument("--clients", type=int, nargs="*", default=[1, 4, 8])
+    p.add_argument("--requests", type=int, default=3, help="requests per client at each level")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "serve.json"))
+    args = p.parse_args(argv)
+
+    sys.path.insert(0, ROOT)
+    from npllm.models import resolve_model
+
+    model_path = resolve_model(args.model)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if "llama-server" in engines and not os.access(args.llama_server, os.X_OK):
+        sys.exit(f"bench_serve: --llama-server {args.llama_server} is not an executable; build it or pass "
+                 "--engines npllm")
+    out = {"model": model_path, "threads": args.threads, "parallel": args.parallel, "ctx_size": args.ctx_size,
+           "max_tokens": args.max_tokens, "requests_per_client": args.requests, "engines": {}}
+    for engine in engines:
+        port = free_port()
+        log_path = os.path.join(tempfile.gettempdir(), f"bench_serve_{engine}.log")
+        with open(log_path, "w") as log:
+            proc = start_server(engine, args, model_path, port, log)
+            base = f"http://127.0.0.1:{port}"
+            try:
+                for prompt in ("Warm-up: say hello.", "Warm-up: write a long story about a lighthouse at night."):
+                    one_request(base, prompt, 4)  # load compiled code, fault in the weights: untimed
+                levels = []
+                for c in args.clients:
+                    levels.append(run_level(base, c, args.requests, args.max_tokens))
+                    print(f"{engine:13s} {c} client(s): {levels[-1]['aggregate_tok_s']:7.1f} tok/s  "
+                          f"TTFT p50 {levels[-1]['ttft_p50_s']} s  latency p50 {levels[-1]['latency_p50_s']} s "
+                          f"p99 {levels[-1]['latency_p99_s']} s", flush=True)
+                out["engines"][engine] = levels
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    if "npllm" in out["engines"] and "llama-server" in out["engines"]:
+        ratios = []
+        for a, b in zip(out["engines"]["npllm"], out["engines"]["llama-server"]):
+            ratios.append({"clients": a["clients"],
+                           "tok_s_npllm_over_llama": round(a["aggregate_tok_s"] / b["aggregate_tok_s"], 3),
+                           "ttft_npllm_over_llama": round(a["ttft_p50_s"] / b["ttft_p50_s"], 3)
+                           if a["ttft_p50_s"] and b["ttft_p50_s"] else None})
+        out["ratios"] = ratios
+        for r in ratios:
+            print(f"{r['clients']} client(s): npllm/llama-server tok/s x{r['tok_s_npllm_over_llama']}, "
+                  f"TTFT x{r['ttft_npllm_over_llama']}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
