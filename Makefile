@@ -36,6 +36,8 @@ bench: install model
 	$(PIP) install -q "torch==2.13.0" transformers accelerate psutil llama-cpp-python
 	$(PYTHON) benchmarks/bench_generate.py
 	$(PYTHON) benchmarks/bench_generate.py --model gemma3-270m --engines npllm,llama.cpp --out benchmarks/results/gemma3.json
+	$(PYTHON) benchmarks/bench_generate.py --engines npllm,llama.cpp --out benchmarks/results/q4_k_m.json \
+		--model "$$($(PYTHON) benchmarks/requantize.py --llama-bin "$$(bash benchmarks/build_llama_cpp.sh)")"
 	$(PYTHON) benchmarks/bench_memory.py
 	$(PIP) install -q -e ".[ray]"
 	$(PYTHON) benchmarks/bench_batch.py
