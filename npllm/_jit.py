@@ -10,6 +10,7 @@ ops dispatch to their vectorised NumPy ``*_ref`` twins instead of kernels.
 """
 
 import os
+import sys
 
 # Numba's OpenMP workers (GNU libgomp) spin ~10 ms after each parallel loop before they sleep.
 # Meanwhile they compete with BLAS threads (prefill) and other processes for the cores.  A
@@ -36,6 +37,38 @@ def use_reference(flag: bool = True) -> None:
 
 def reference_mode() -> bool:
     return _state["reference"]
+
+
+_announced = {"listener": None}
+
+
+def announce_compilation(stream=None, message="npllm: compiling kernels (first run only)\u2026") -> None:
+    """Print ``message`` on ``stream`` (default stderr) once, when Numba starts compiling an npllm
+    kernel because its on-disk cache has no version for it: a fresh install, a new Numba, a
+    changed kernel, or a new type signature.  Kernels loaded from the cache print nothing.
+
+    Numba emits a ``numba:compile`` event only on a cache miss (a cache hit loads the
+    machine code), so this costs nothing when the cache is warm.  The CLI calls it.
+    """
+    if _announced["listener"] is not None:
+        return
+    from numba.core import event
+
+    class _Once(event.Listener):
+        done = False
+
+        def on_start(self, ev):
+            func = getattr(ev.data.get("dispatcher"), "py_func", None)
+            if not self.done and getattr(func, "__module__", "").startswith("npllm"):
+                self.done = True
+                out = sys.stderr if stream is None else stream
+                print(message, file=out, flush=True)
+
+        def on_end(self, ev):
+            pass
+
+    _announced["listener"] = _Once()
+    event.register("numba:compile", _announced["listener"])
 
 
 def set_num_threads(n=None) -> int:
