@@ -71,3 +71,16 @@ def test_the_cli_says_it_is_compiling_before_its_first_token_on_an_empty_cache(t
         p.kill()
         p.communicate()
     assert MESSAGE in line, line
+
+
+def test_running_a_kernel_does_not_import_scipy_linalg_and_numba_dot_still_works(tmp_path):
+    # numba.np.arraymath imports scipy.linalg (0.4 s, 17 MB) unless npllm loads it first without.
+    code = ("import sys\nimport numpy as np\nimport numba\nfrom npllm import sampling\n"
+            "sampling.top_p_filter(np.zeros((1, 4), np.float32), 0.5)\n"
+            "print('scipy.linalg' in sys.modules)\n"
+            "f = numba.njit(lambda a: np.dot(a, a))\nprint(f(np.arange(3.0)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=child_env(tmp_path))
+    assert r.returncode == 0, r.stderr
+    pytest.importorskip("scipy")  # (without SciPy there is nothing to avoid, and no np.dot in kernels)
+    assert r.stdout.split() == ["False", "5.0"], r.stdout
