@@ -36,3 +36,5 @@ bench: install model
 	$(PYTHON) benchmarks/bench_generate.py
 	$(PYTHON) benchmarks/bench_generate.py --model gemma3-270m --engines npllm,llama.cpp --out benchmarks/results/gemma3.json
 	$(PYTHON) benchmarks/bench_memory.py
+	$(PIP) install -q -e ".[ray]"
+	$(PYTHON) benchmarks/bench_batch.py

@@ -125,8 +125,9 @@ def cpu_model():
 def thread_env(threads):
     """The thread-count variables every child gets (OPENBLAS_CORETYPE is left alone)."""
     n = str(threads)
-    return {"NPLLM_NUM_THREADS": n, "NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n,
-            "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    # NUMBA_NUM_THREADS caps npllm's threads; NPLLM_NUM_THREADS is not set, so npllm runs with its
+    # default settings, as a user does: its decode thread count adapts to the load (npllm/threads.py).
+    return {"NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
 # --------------------------------------------------------------------------- the child
@@ -199,6 +200,28 @@ def child_main(args):
                     res["b8_first_row_tokens"] = toks[0].tolist()
                 except Exception as exc:  # batch support is optional per engine
                     res["decode_b8_error"] = f"{type(exc).__name__}: {exc}"
+
+            # Batch-1 decode at a long context: a prompt that fills the context but for the new tokens.
+            if args.long_context:
+                n_prompt = args.long_context - args.new_tokens - 8
+                ctx_ids = []
+                while len(ctx_ids) < n_prompt:
+                    ctx_ids += engine.encode(LONG_TEXT)
+                ctx_ids = ctx_ids[:n_prompt]
+                greedy(engine, [ctx_ids], 4, args.long_context)                         # warm-up
+                toks, dt = greedy(engine, [ctx_ids], args.new_tokens, args.long_context)
+                res["decode_long_tok_s"] = (args.new_tokens - 1) / dt
+
+            # Batch-1 decode beside one busy-looping process (a shared machine), default settings.
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                time.sleep(0.2)
+                greedy(engine, [ids], min(8, args.new_tokens), capacity)              # warm-up
+                toks, dt = greedy(engine, [ids], args.new_tokens, capacity)
+                res["decode_busy_tok_s"] = (args.new_tokens - 1) / dt
+            finally:
+                busy.kill()
+                busy.wait()
         res["versions"] = engine.versions()
         res["ok"] = True
     except Exception as exc:
@@ -222,7 +245,8 @@ def run_child(args, engine, phase, extra_env=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", engine, "--phase", phase,
            "--json-out", out, "--model", args.model, "--threads", str(args.threads),
            "--new-tokens", str(args.new_tokens), "--prefill-tokens", str(args.prefill_tokens),
-           "--prefill-reps", str(args.prefill_reps), "--batch-size", str(args.batch_size)]
+           "--prefill-reps", str(args.prefill_reps), "--batch-size", str(args.batch_size),
+           "--long-context", str(args.long_context)]
     t0 = time.time()
     try:
         proc = subprocess.run(cmd + ["--t0", repr(t0)], env=env, capture_output=True, text=True,
@@ -264,6 +288,8 @@ COLUMNS = [  # result key, header, number format
     ("decode_b1_tok_s", "decode b1 (tok/s)", "{:.1f}"),
     ("prefill_tok_s", "prefill 512 (tok/s)", "{:.0f}"),
     ("decode_b8_tok_s", "decode b8 aggregate (tok/s)", "{:.1f}"),
+    ("decode_long_tok_s", "decode b1 at 2048 context (tok/s)", "{:.1f}"),
+    ("decode_busy_tok_s", "decode b1, one core busy (tok/s)", "{:.1f}"),
     ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
     ("load_s", "load (s)", "{:.2f}"),
     ("first_token_warm_s", "first token, warm cache (s)", "{:.2f}"),
@@ -431,7 +457,7 @@ def write_report(args, command, engines, results, rounds_done):
            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
            "model": args.model, "model_bytes": os.path.getsize(args.model),
            "settings": {k: getattr(args, k) for k in ("new_tokens", "prefill_tokens", "prefill_reps",
-                                                       "batch_size", "repeats")},
+                                                       "batch_size", "repeats", "long_context")},
            "versions": versions, "medians": summaries, "spreads": spreads,
            "ratios_to_npllm": {e: {k: v / summaries["npllm"][k] for k, v in s.items()
                                    if summaries.get("npllm", {}).get(k)}
@@ -457,6 +483,8 @@ def parse_args(argv):
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--prefill-reps", type=int, default=3, help="timed prefills per child (median)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--long-context", type=int, default=2048,
+                   help="also decode b1 with the context filled to this many tokens (0: skip)")
     p.add_argument("--quick", action="store_true", help="32 new tokens, 1 round, 1 prefill")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     p.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))

@@ -1,9 +1,9 @@
 """Lesson 07 example: the roofline of this machine, the bytes and FLOPs of one decode token,
 measured prefill/decode speed, kernels vs NumPy references, perplexity through both paths, Python
-overhead, thread-pool waiting, and the benchmark table from benchmarks/results/latest.json.
+overhead, thread-pool waiting, the thread governor on a busy core, and the benchmark table from benchmarks/results/latest.json.
 
 Run: python -m lessons 7   (or python -m lessons.ex07_speed [--quick])
-Reads: npllm/_jit.py (njit, use_reference, set_num_threads), npllm/quant/weight.py (QuantizedWeight.matmul),
+Reads: npllm/_jit.py (njit, use_reference, set_num_threads), npllm/threads.py (ThreadGovernor), npllm/quant/weight.py (QuantizedWeight.matmul),
 npllm/quant/kernels.py, npllm/ops/*.py (the *_ref / kernel pairs), npllm/perplexity.py,
 npllm/sampling.py (fused_sampling_filter), benchmarks/bench_generate.py.
 """
@@ -238,6 +238,67 @@ def thread_waiting():
           f"other processes keep the cores busy, and shrink or vanish on an idle machine)")
 
 
+GOVERNOR_CHILD = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np, npllm
+model, tok = npllm.load()
+ids = np.array([tok.encode("The three laws of thermodynamics are")])
+model.generate(ids, max_new_tokens=8, temperature=0)          # warm up
+t0 = time.perf_counter()
+model.generate(ids, max_new_tokens=64, temperature=0)
+gov = getattr(model, "_thread_governor", None)
+print(64 / (time.perf_counter() - t0), gov.current if gov else "-", gov.switches if gov else 0)
+"""
+
+
+def thread_governor(quick):
+    heading("[7.10] a busy core: the decode thread count chosen by measuring (npllm/threads.py)")
+    from npllm.threads import ThreadGovernor
+
+    rows = []
+    machines = {"quiet (2 threads faster, efficiency 0.97)": ({2: 0.008, 1: 0.014}, {2: 0.97, 1: 1.0}),
+                "one core busy (efficiency 0.55 with 2 threads)": ({2: 0.040, 1: 0.014}, {2: 0.55, 1: 1.0})}
+    for name, (wall, eff) in machines.items():
+        clock = {"t": 0.0, "cpu": 0.0, "n": 2}
+        gov = ThreadGovernor(2, clock=lambda: clock["t"], cpu_clock=lambda: clock["cpu"],
+                             set_threads=lambda n: clock.__setitem__("n", n))
+        used = []
+        for _ in range(500):
+            t0 = gov.begin(1)
+            n = clock["n"]
+            clock["t"] += wall[n]
+            clock["cpu"] += wall[n] * n * eff[n]
+            used.append(n)
+            gov.end(t0)
+        first = next((i for i, n in enumerate(used) if n == 1), None)
+        rows.append((name, gov.current, gov.probes, used.count(1), "-" if first is None else first))
+    table(["simulated machine, 500 steps", "ends at threads", "probes", "steps at 1 thread",
+           "first step at 1 thread"], rows)
+    if quick or (os.cpu_count() or 1) < 2:
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    rows = []
+    try:
+        for adaptive in ("0", "1"):
+            env = dict(os.environ, NPLLM_ADAPTIVE_THREADS=adaptive)
+            env.pop("NPLLM_NUM_THREADS", None)
+            out = subprocess.run([sys.executable, "-c", GOVERNOR_CHILD, root], env=env, capture_output=True,
+                                 text=True, timeout=600)
+            try:
+                tps, current, switches = out.stdout.split()
+                rows.append(("on" if adaptive == "1" else "off", f"{float(tps):.1f}", current, switches))
+            except ValueError:
+                rows.append((adaptive, out.stderr.strip()[-200:], "", ""))
+    finally:
+        busy.kill()
+        busy.wait()
+    table(["governor (one busy process beside)", "decode tok/s, 64 greedy", "threads at the end", "switches"],
+          rows)
+    print(f"(load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+
+
 PPL_TEXT = (
     "The river town woke slowly in winter. Before dawn the baker lit his ovens, and the smell of bread "
     "drifted along the quay where the fishing boats were tied two and three deep. The ferryman checked "
@@ -299,6 +360,7 @@ def main(quick: bool = False) -> None:
     sampler_chain(quick)
     if not quick:
         thread_waiting()
+    thread_governor(quick)
     benchmark_table()
 
 

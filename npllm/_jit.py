@@ -49,7 +49,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 njit = numba.njit(cache=True, fastmath=FASTMATH, nogil=True)
 njit_parallel = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
 
-_state = {"reference": os.environ.get("NPLLM_REFERENCE", "0") not in ("", "0")}
+_state = {"reference": os.environ.get("NPLLM_REFERENCE", "0") not in ("", "0"), "threads_explicit": False}
 
 
 def use_reference(flag: bool = True) -> None:
@@ -93,6 +93,11 @@ def announce_compilation(stream=None, message="npllm: compiling kernels (first r
     event.register("numba:compile", _announced["listener"])
 
 
+def threads_explicit() -> bool:
+    """True once a thread count was given (``set_num_threads(n)`` or $NPLLM_NUM_THREADS)."""
+    return _state["threads_explicit"] or bool(os.environ.get("NPLLM_NUM_THREADS", "").strip())
+
+
 def set_num_threads(n=None) -> int:
     """Use ``n`` threads for Numba kernels and BLAS (default: $NPLLM_NUM_THREADS, else all cores).
 
@@ -113,6 +118,7 @@ def set_num_threads(n=None) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"the number of threads must be a positive integer, got {n!r}")
+    _state["threads_explicit"] = True   # a fixed count: npllm.threads does not adapt it
     n = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
     try:

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pp = sub.add_parser("perplexity", help="perplexity of a text file (llama.cpp's method)")
     _add_model_args(pp)
-    pp.add_argument("file")
+    pp.add_argument("file", nargs="?", help="the text file (or -f FILE, as llama-perplexity takes it)")
+    pp.add_argument("-f", "--file", dest="file_flag", metavar="FILE", default=None, help="the text file")
     pp.add_argument("-c", "--context", type=_int_at_least(2), default=512, help="tokens per chunk")
     pp.add_argument("--stride", type=_int_at_least(1), default=None,
                     help="sliding window stride (HF method); default: llama.cpp's halves")
@@ -389,7 +390,10 @@ def cmd_perplexity(args) -> int:
 
     if args.reference:
         _jit.use_reference(True)
-    text = _read_text_file(args.file, "perplexity file")
+    if (args.file is None) == (args.file_flag is None):
+        raise _UsageError("give the text file once: -f FILE (or as the positional argument)")
+    path = args.file if args.file is not None else args.file_flag
+    text = _read_text_file(path, "perplexity file")
     model, tok = _load(args)
     limit = model.config.context_length
     if args.context > limit:

@@ -24,6 +24,7 @@ from .cache import ConcatCache, KVCache, cache_length
 from .config import ModelConfig, iter_parameter_shapes
 from .errors import ConfigError, GenerationParameterError, ModelFormatError
 from .ops import causal_padding_mask, linear, rope_cos_sin
+from .threads import governor_for
 
 
 def parameter_shapes(config: ModelConfig) -> Dict[str, tuple]:
@@ -215,11 +216,14 @@ class CausalLM:
         cache = past_key_values if static else ConcatCache(past_key_values)
 
         x = self._embed(input_ids)                                               # [B, T, D]
+        gov = None
         if static and T == 1:
             # Decode hot path: the same math with RoPE + cache write + attention fused per layer.
             if past_len + 1 > cache.max_seq_len:
                 raise ConfigError(f"KV cache is full: max_seq_len={cache.max_seq_len}")
             x = x[:, 0]                                                          # [B, D]
+            gov = governor_for(self)         # the thread count, measured per step (npllm/threads.py)
+            t0 = gov.begin(B) if gov is not None else 0.0
             for layer in self.layers:
                 x = layer.decode(x, ropes, attention_mask, cache)
             x = x[:, None]
@@ -235,6 +239,8 @@ class CausalLM:
         cap = self.config.final_logit_softcapping
         if cap:                                                                  # Gemma 2
             logits = np.tanh(logits / cap, out=logits) * logits.dtype.type(cap)
+        if gov is not None:
+            gov.end(t0)
 
         if static:
             cache.advance(T)

@@ -145,6 +145,15 @@ def test_perplexity_context_beyond_the_model_is_refused(smol, tmp_path):
                           "-c", "8192")
 
 
+def test_perplexity_reads_the_text_with_dash_f_as_llama_perplexity_does(tmp_path):
+    # llama-perplexity takes the text as -f FILE; the positional form stays; both at once is ambiguous.
+    (tmp_path / "t.txt").write_text("word " * 50)
+    r = run_cli("perplexity", "--no-progress", "-c", "100000", "-f", str(tmp_path / "t.txt"))
+    assert_one_line_error(r, "-c", "8192")            # got past argument parsing to the context check
+    assert_one_line_error(run_cli("perplexity", "--no-progress"), "-f")
+    assert_one_line_error(run_cli("perplexity", "--no-progress", "-f", "a.txt", "b.txt"), "-f")
+
+
 # ------------------------------------------------------------------ chat past the context
 def test_chat_drops_the_oldest_turns_past_the_context_and_says_so(tmp_path):
     # A tiny context (-c 120): a few turns fill it; the chat goes on, dropping the oldest turns.
