@@ -5,7 +5,7 @@ overhead, thread-pool waiting, the thread governor on a busy core, and the bench
 Run: python -m lessons 7   (or python -m lessons.ex07_speed [--quick])
 Reads: npllm/_jit.py (njit, use_reference, set_num_threads), npllm/threads.py (ThreadGovernor), npllm/quant/weight.py (QuantizedWeight.matmul),
 npllm/quant/kernels.py, npllm/ops/*.py (the *_ref / kernel pairs), npllm/perplexity.py,
-benchmarks/bench_generate.py.
+npllm/sampling.py (fused_sampling_filter), benchmarks/bench_generate.py.
 """
 
 import json
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from npllm import CausalLM, ModelConfig, _jit, kv_cache_bytes
+from npllm import CausalLM, ModelConfig, _jit, kv_cache_bytes, sampling
 from npllm.ops import apply_rope, attention, causal_padding_mask, rms_norm, rope_cos_sin, swiglu
 
 from ._common import default_model, heading, human_bytes, table, todo
@@ -160,6 +160,33 @@ def python_overhead(quick):
     dt = (time.perf_counter() - t0) / steps
     print(f"{1e3 * dt:.2f} ms per token = {1e6 * dt / 30:.0f} us per layer for ~{2 * model.num_parameters() / 1e3:.0f} "
           f"kFLOPs: this time is Python, NumPy dispatch and kernel launches, paid by every model")
+
+
+def sampler_chain(quick):
+    heading("[7.9] the sampling chain of `npllm generate` (T 0.8, top-k 40, top-p 0.95, min-p 0.05), V = 49152")
+    V, chain_args = 49152, dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
+    procs = sampling.build_processors(do_sample=True, **chain_args)
+
+    def one_by_one(x):  # the readable filters, each over the whole vocabulary
+        for proc in procs:
+            x = proc(None, x)
+        return x
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for B in (1, 8):
+        x = (rng.standard_normal((B, V)) * 2.5).astype(np.float32)
+        x[:, rng.integers(0, V, 60)] += 6.0  # a peaked head, as a model's logits have
+        slow, fast = one_by_one(x), procs(None, x)  # (the list fuses the chain)
+        same = np.array_equal(slow, fast)
+        reps = 3 if quick else 15
+        t_slow = best_of(lambda: sampling.sample(one_by_one(x), rng), reps)
+        t_fast = best_of(lambda: sampling.sample(procs(None, x), rng), reps)
+        kept = np.isfinite(fast).sum(axis=1)
+        rows.append((B, round(1e6 * t_slow), round(1e6 * t_fast), t_slow / t_fast, f"{kept.min()}-{kept.max()}",
+                     same))
+    table(["batch", "filter by filter (us/step)", "fused (us/step)", "speed-up", "tokens kept", "same logits"],
+          rows, ".3g")
 
 
 WAIT_SNIPPET = """
@@ -330,6 +357,7 @@ def main(quick: bool = False) -> None:
         kernels_vs_refs(model, quick)
         perplexity_section(model, tok, quick)
     python_overhead(quick)
+    sampler_chain(quick)
     if not quick:
         thread_waiting()
     thread_governor(quick)

@@ -191,6 +191,7 @@ def _load(args, need_tokenizer: bool = True):
     from .loading import load
 
     _jit.set_num_threads(args.threads)
+    _jit.announce_compilation()  # one line on stderr if the kernels are not in Numba's cache yet
     template = _read_template(getattr(args, "chat_template", None))
     model, tok = load(args.model, progress=not args.no_progress)
     if tok is None and need_tokenizer:

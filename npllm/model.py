@@ -145,7 +145,7 @@ class CausalLM:
         model.load_state_dict(tensors)
         model.source = source
         tensors.clear()
-        return_freed_memory()
+        return_freed_memory(collect=False)
         return model
 
     def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:

@@ -46,7 +46,7 @@ __all__ = [
     "LogitsProcessor", "RepetitionPenaltyProcessor", "FrequencyPresencePenaltyProcessor",
     "NoRepeatNGramProcessor", "MinNewTokensProcessor", "TemperatureProcessor", "TopKProcessor",
     "TopPProcessor", "MinPProcessor", "TypicalProcessor", "LogitsProcessorList",
-    "build_processors",
+    "build_processors", "fused_sampling_filter",
 ]
 
 
@@ -317,6 +317,79 @@ def min_p_filter(logits, min_p: float, min_tokens_to_keep: int = 1) -> np.ndarra
     return _finish(np.where(drop, -np.inf, x).astype(x.dtype, copy=False), was_1d)
 
 
+# ============================================================== the fused chain
+def fused_sampling_filter(logits, temperature=None, top_k: int = 0, top_p: float = 1.0,
+                          min_p: float = 0.0) -> np.ndarray:
+    """``apply_temperature -> top_k_filter -> top_p_filter -> min_p_filter`` in one pass
+    (``min_tokens_to_keep=1``), for the chain ``generate`` runs by default.
+
+    The four filters above each read the whole vocabulary; top-p and min-p even
+    sort it.  Here only the top-k candidates are looked at after the first,
+    partial selection (``np.partition``, linear in V): temperature and the
+    top-k cut are computed as in the chain, then top-p and min-p run on the k
+    (or so, ties included) survivors.  The result is the chain's: the same
+    kept tokens with the same logits, so ``sample`` draws the same token from
+    the same RNG stream.  Min-p's sum of probabilities is taken over a
+    full-length row, as the chain does, so its ratios are bit-identical.
+    Top-p's masses are summed over the survivors alone, so a cut whose tail
+    mass sits within rounding (``_mass_tolerance``) of ``1 - top_p`` may fall
+    the other way, as it may between any two correct implementations
+    (``npllm.testing.check_filter`` allows that band).
+
+    ``temperature=None`` and ``top_k=0`` skip those steps.  Rows holding NaN
+    or ``+inf`` (and ``NPLLM_REFERENCE=1``) take the readable chain instead.
+
+    >>> x = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    >>> fused_sampling_filter(x, top_k=3, top_p=0.7)   # top-3, then 0.5 + 0.3 >= 0.7
+    array([[-0.69314718, -1.2039728 ,        -inf,        -inf]])
+    """
+    t = None if temperature is None else _check_float("temperature", temperature, 0.0, math.inf, True, True)
+    k = _check_int("top_k", top_k, 0)
+    p = _check_float("top_p", top_p, 0.0, 1.0, low_open=True)
+    mp = _check_float("min_p", min_p, 0.0, 1.0)
+    x, was_1d = _as_logits(logits)
+    if t is not None:
+        x = apply_temperature(x, t)  # [B, V] elementwise, cheap; the same values as the chain's
+    B, V = x.shape
+    k = V if k == 0 else min(k, V)
+    part = np.partition(x, V - k, axis=-1)  # [B, V] the k largest at the end, as top_k_filter
+    top = part[:, V - k:]  # [B, k]
+    if reference_mode() or np.isnan(top).any() or np.isposinf(top).any():  # (NaN sorts last)
+        return _finish(_chain(x, k, p, mp), was_1d)
+    kth = top[:, :1]  # [B, 1] the k-th largest logit
+    out = np.full_like(x, -np.inf)
+    tol = _mass_tolerance(V)
+    for b in range(B):
+        row = x[b]
+        ids = np.flatnonzero(row >= kth[b, 0]) if kth[b, 0] > -np.inf else np.flatnonzero(row > -np.inf)
+        z = row[ids].astype(np.float64)  # [n] the survivors of top-k, ascending ids
+        if p < 1.0:
+            drop = np.zeros((1, ids.size), dtype=np.bool_)
+            _top_p_kernel(z[None, :], p, 1, tol, drop)
+            ids, z = ids[~drop[0]], z[~drop[0]]
+        if mp > 0.0:
+            with np.errstate(over="ignore"):  # (as softmax: only where exp gives 0 anyway)
+                e = np.exp(z - z.max())  # [n] as softmax's exp(z - max z)
+            full = np.zeros(V)  # the chain sums over the whole row (pairwise): the same sum
+            full[ids] = e
+            probs = e / np.sum(full)
+            keep = probs / probs.max() >= mp
+            keep[np.argmax(probs)] = True  # min_tokens_to_keep = 1: the most likely (lowest id) stays
+            ids = ids[keep]
+        out[b, ids] = row[ids]
+    return _finish(out, was_1d)
+
+
+def _chain(x, k, p, mp):
+    """The readable chain after temperature: top-k -> top-p -> min-p."""
+    out = top_k_filter(x, k) if k < x.shape[-1] else x
+    if p < 1.0:
+        out = top_p_filter(out, p)
+    if mp > 0.0:
+        out = min_p_filter(out, mp)
+    return out.copy() if out is x else out
+
+
 # ============================================================== typical
 def typical_filter(logits, typical_p: float, min_tokens_to_keep: int = 1) -> np.ndarray:
     """Locally typical sampling (Meister et al. 2022; HF ``TypicalLogitsWarper``).
@@ -578,12 +651,38 @@ class LogitsProcessorList(list):
 
     >>> procs = LogitsProcessorList([TemperatureProcessor(0.7), TopKProcessor(50)])
     >>> scores = procs(input_ids, logits)   # input_ids [B, S], logits [B, V]
+
+    A run ``[temperature] -> top-k -> [top-p] -> [min-p]`` of npllm's own processors
+    (``min_tokens_to_keep=1``, at least two of them) is applied by
+    ``fused_sampling_filter`` in one pass: the same result, without sorting the
+    vocabulary.
     """
 
     def __call__(self, input_ids, scores):
-        for processor in self:
-            scores = processor(input_ids, scores)
+        i = 0
+        while i < len(self):
+            n, fused = _fusable_run(self, i)
+            if n:
+                scores = fused_sampling_filter(scores, **fused)
+                i += n
+            else:
+                scores = self[i](input_ids, scores)
+                i += 1
         return scores
+
+
+def _fusable_run(procs, i):
+    """(length, fused_sampling_filter arguments) of the fusable run at procs[i], or (0, None)."""
+    args, j = {}, i
+    if j < len(procs) and type(procs[j]) is TemperatureProcessor:
+        args["temperature"], j = procs[j].temperature, j + 1
+    steps = ((TopKProcessor, "top_k"), (TopPProcessor, "top_p"), (MinPProcessor, "min_p"))
+    for n, (cls, name) in enumerate(steps):
+        if j < len(procs) and type(procs[j]) is cls and procs[j].min_tokens_to_keep == 1:
+            args[name], j = getattr(procs[j], name), j + 1
+        elif n == 0:  # no top-k: nothing to gain over the chain
+            return 0, None
+    return (j - i, args) if j - i >= 2 else (0, None)
 
 
 def build_processors(*, do_sample: bool, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

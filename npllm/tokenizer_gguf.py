@@ -269,18 +269,23 @@ def _byte_level_bpe(md, tokens, types, pre_override):
     # are matched whole in the input, never produced by merges.
     spell = byte_alphabet()
     alphabet = set(spell.values())
-    as_written = set(tokens)
-    vocab: Dict[str, int] = {}
-    specials, added = [], []
-    for i, (tok, ttype) in enumerate(zip(tokens, types)):
-        if ttype in (TOKEN_CONTROL, TOKEN_USER_DEFINED):
-            (specials if ttype == TOKEN_CONTROL else added).append(tok)
-        elif not set(tok) <= alphabet:
-            respelled = "".join(spell[b] for b in tok.encode("utf-8"))
-            tok = tok if respelled in as_written else respelled
-        if tok in vocab:
-            raise ModelFormatError(f"tokenizer.ggml.tokens: token {tok!r} appears twice (ids {vocab[tok]} and {i})")
-        vocab[tok] = i
+    specials = [t for t, ttype in zip(tokens, types) if ttype == TOKEN_CONTROL]
+    added = [t for t, ttype in zip(tokens, types) if ttype == TOKEN_USER_DEFINED]
+    vocab: Dict[str, int] = dict(zip(tokens, range(len(tokens))))
+    normal = (t for t, ttype in zip(tokens, types) if ttype not in (TOKEN_CONTROL, TOKEN_USER_DEFINED))
+    if len(vocab) < len(tokens) or not set("".join(normal)) <= alphabet:
+        # (the usual vocabulary is unique and spelled in the alphabet: the dict above, built at C
+        # speed, is then the loop's result; otherwise the loop respells and names a duplicate)
+        as_written = set(tokens)
+        vocab = {}
+        for i, (tok, ttype) in enumerate(zip(tokens, types)):
+            if ttype not in (TOKEN_CONTROL, TOKEN_USER_DEFINED) and not set(tok) <= alphabet:
+                respelled = "".join(spell[b] for b in tok.encode("utf-8"))
+                tok = tok if respelled in as_written else respelled
+            if tok in vocab:
+                raise ModelFormatError(f"tokenizer.ggml.tokens: token {tok!r} appears twice "
+                                       f"(ids {vocab[tok]} and {i})")
+            vocab[tok] = i
     pairs = _merges_field(md, vocab)
     try:
         backend = Backend(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=pre.ignore_merges))
@@ -383,7 +388,14 @@ def _merges_field(md, vocab, split_at: int = 0) -> List[Tuple[str, str]]:
     merges = md.get("tokenizer.ggml.merges")
     if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
         raise ModelFormatError("tokenizer.ggml.merges must be a list of strings")
-    pairs = []
+    if not split_at:  # the usual case at C speed: every merge is "left right" of known tokens
+        pairs = [tuple(m.split(" ")) for m in merges]
+        if all(len(pair) == 2 and pair[0] for pair in pairs):
+            lefts, rights = [left for left, _ in pairs], [right for _, right in pairs]
+            if set(lefts) <= vocab.keys() and set(rights) <= vocab.keys() and \
+                    all(map(vocab.__contains__, map(str.__add__, lefts, rights))):
+                return pairs
+    pairs = []  # the loop finds the first invalid merge, for the message
     for m in merges:
         cut = m.find(" ", split_at)
         left, right = (m[:cut], m[cut + 1:]) if cut > 0 else (m, "")
