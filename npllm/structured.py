@@ -27,6 +27,9 @@ The public object, for ``generate`` and for a server (one per request or row)::
 recognised by its ``::=`` rules and translated to Lark.  An invalid schema,
 regex or grammar raises ``GrammarError`` (a ``GenerationParameterError``)
 naming the parameter, when the ``Constraint`` is built, before any token.
+JSON is compact by default (no free whitespace between tokens: a small model
+given free whitespace may emit newlines until it runs out of tokens); a schema's
+``"x-guidance": {"whitespace_flexible": true}`` restores JSON's free whitespace.
 
 A GGUF tokenizer is handed to llguidance as the ``tokenizer.json`` text of the
 ``tokenizers`` object npllm builds from the GGUF metadata
@@ -80,7 +83,10 @@ def _grammar_text(json_schema, regex, grammar) -> Tuple[str, str]:
         if not isinstance(json_schema, (dict, bool)):
             raise GrammarError(f"json_schema must be a JSON object (dict or JSON text), got {type(json_schema).__name__}")
         try:
-            text = llg.LLMatcher.grammar_from_json_schema(json.dumps(json_schema))
+            # compact JSON unless the schema's "x-guidance" says otherwise: a small model given
+            # free whitespace can emit newlines until max_new_tokens
+            text = llg.LLMatcher.grammar_from_json_schema(json.dumps(json_schema),
+                                                          defaults={"whitespace_flexible": False})
         except ValueError as e:
             raise GrammarError(f"json_schema is invalid: {e}") from None
     elif name == "regex":
