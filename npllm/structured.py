@@ -108,6 +108,13 @@ def _grammar_text(json_schema, regex, grammar) -> Tuple[str, str]:
     return name, text
 
 
+def _one_line(message: str) -> str:
+    """llguidance's message without its source excerpt and carets: the first line and the "error:" line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    detail = [line for line in lines[1:] if line.lower().startswith("error:")]
+    return " ".join(lines[:1] + [d.split(":", 1)[1].strip() for d in detail[:1]])
+
+
 def _ll_tokenizer(tokenizer, vocab_size: int, eos: Tuple[int, ...]):
     """llguidance's tokenizer for an npllm ``Tokenizer`` (cached on it): built from ``tokenizer.json`` text."""
     llg = _llguidance()
@@ -148,7 +155,7 @@ class Constraint:
         self.parameter, self._grammar = _grammar_text(json_schema, regex, grammar)
         problem = llg.LLMatcher.validate_grammar(self._grammar, self._ll_tok)
         if problem:
-            raise GrammarError(f"{self.parameter} is invalid: {problem.strip()}")
+            raise GrammarError(f"{self.parameter} is invalid: {_one_line(problem)}")
         self._new_matcher()
         self._clear = np.array([] if eos else ll_eos, dtype=np.int64)  # EOS bits to clear
         self._bits = np.full((1, (self.vocab_size + 31) // 32), -1, dtype=np.int32)  # 32 tokens per word
