@@ -313,8 +313,9 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
                       ``tokenizer`` the model's npllm Tokenizer.  The mask is applied first; EOS is allowed
                       exactly when the text is complete; a row whose grammar admits nothing more stops
                       with reason "grammar".  An invalid one raises ``GrammarError`` before any token
-    constraint:       instead: an ``npllm.structured.Constraint`` (copied per row) or a list of B of them
-                      (None for an unconstrained row); used as given (built for the same EOS ids)
+    constraint:       instead: an ``npllm.structured.Constraint`` (a template: each row gets a fresh copy)
+                      or a list of B of them, used as given (None: an unconstrained row); build them
+                      for the same EOS ids as ``eos_token_id``
     truncate_prompt:  a prompt longer than ``max_position_embeddings`` raises an error naming both
                       lengths, unless True: then only its last tokens are kept (room is left for
                       ``max_new_tokens`` when possible).  Generation never runs past that limit:

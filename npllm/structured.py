@@ -249,15 +249,16 @@ def row_constraints(B: int, tokenizer, vocab_size: int, eos: Sequence[int], json
                     grammar=None, constraint=None) -> Optional[RowConstraints]:
     """``generate``'s structured-output arguments -> ``RowConstraints`` for B rows (None when unconstrained).
 
-    ``constraint`` is a ``Constraint`` (copied per row) or a list of B (``Constraint`` or None).
+    ``constraint`` is a ``Constraint`` (a template: each row gets a fresh ``copy()``, the object itself is
+    left untouched) or a list of B (``Constraint`` or None) used as given, so a caller can read their state.
     """
     if constraint is None and json_schema is None and regex is None and grammar is None:
         return None
     if constraint is not None:
         if json_schema is not None or regex is not None or grammar is not None:
             raise GenerationParameterError("give either constraint or json_schema / regex / grammar, not both")
-        if isinstance(constraint, Constraint):
-            rows = [constraint] + [constraint.copy() for _ in range(B - 1)]
+        if isinstance(constraint, Constraint):  # a template: every row gets a fresh copy
+            rows = [constraint.copy() for _ in range(B)]
         else:
             rows = list(constraint) if np.iterable(constraint) else [constraint]
             if len(rows) != B or not all(c is None or isinstance(c, Constraint) for c in rows):
