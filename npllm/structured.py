@@ -268,6 +268,10 @@ def row_constraints(B: int, tokenizer, vocab_size: int, eos: Sequence[int], json
             if c is not None and c.vocab_size != vocab_size:
                 raise GenerationParameterError(
                     f"constraint was built for vocab_size={c.vocab_size}, the model has {vocab_size}")
+            if c is not None and set(c.eos_token_ids) != set(eos):
+                raise GenerationParameterError(
+                    f"constraint was built for eos_token_id={list(c.eos_token_ids)}, generate uses {list(eos)}: "
+                    "build it with the same EOS ids")
         return RowConstraints(rows)
     if tokenizer is None:
         raise GenerationParameterError(

@@ -343,6 +343,31 @@ def test_per_row_constraints_and_an_unconstrained_row(noise):
     assert out.num_new_tokens[1] == 6  # random noise runs to the limit
 
 
+def test_every_eos_id_is_allowed_when_complete_and_none_before(noise):
+    _, tok = noise
+    c = Constraint(tok, regex="[0-9]", eos_token_id=[2, 0])
+    assert not c.allowed()[[0, 2]].any()
+    assert c.consume(tok.encode("7", add_special_tokens=False)[0])
+    assert np.nonzero(c.allowed())[0].tolist() == [0, 2]
+
+
+def test_a_single_constraint_is_a_template_left_untouched(noise):
+    model, tok = noise
+    c = Constraint(tok, regex="[0-9]{2}", vocab_size=model.config.vocab_size)
+    for seed in (0, 1):
+        out = model.generate(np.array([[1, 2]] * 2), max_new_tokens=4, constraint=c, seed=seed,
+                             return_dict_in_generate=True)
+        assert out.stop_reasons == ["eos", "eos"] and out.num_new_tokens.tolist() == [3, 3]
+    assert not c.accepting and c.allowed().sum() == 10  # still at the start: ten digits
+
+
+def test_a_constraint_built_for_other_eos_ids_is_refused(noise):
+    model, tok = noise
+    c = Constraint(tok, regex="a", eos_token_id=[0], vocab_size=model.config.vocab_size)
+    with pytest.raises(GenerationParameterError, match=r"eos_token_id=\[0\].*\[2\]"):
+        model.generate(np.array([[1]]), max_new_tokens=2, constraint=c)
+
+
 def test_constraint_copy_is_an_independent_fresh_matcher(noise):
     _, tok = noise
     c = Constraint(tok, regex="[0-9]{2}")
@@ -441,6 +466,18 @@ def test_top_logprobs_under_a_grammar_renormalise_over_the_allowed_tokens(noise)
     assert finite.size == min(5, allowed.sum())
     assert set(out.top_logprob_ids[0, 0, :finite.size].tolist()) <= set(np.nonzero(allowed)[0].tolist())
     np.testing.assert_allclose(np.exp(log_softmax64(out.scores[0][0])[allowed]).sum(), 1.0, rtol=1e-6)
+
+
+# ============================================================== the lesson's example
+def test_the_lesson_example_runs_and_every_masked_json_validates(capsys):
+    """``lessons/ex10_structured.py`` (until lesson 10 registers it, tests/test_lessons.py does not run it)."""
+    sys.path.insert(0, ROOT)
+    from lessons.ex10_structured import main
+
+    main(quick=True)
+    out = capsys.readouterr().out
+    assert "valid under the schema: with the mask 4/4" in out and "matches: True" in out
+    assert "[10.S5]" in out
 
 
 # ============================================================== CLI
