@@ -86,11 +86,11 @@ def _valid_person(text):
 
 def json_samples(model, tok, quick):
     heading("[10.S3] sampled JSON under a schema: every output parses and validates")
-    n = 4 if quick else 16
+    n = 3 if quick else 16
     ids = _prompt(tok, "Describe a person as JSON.")
     out = model.generate(np.array([ids] * n), max_new_tokens=48, tokenizer=tok, json_schema=PERSON, seed=0,
                          temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, return_dict_in_generate=True)
-    free = model.generate(np.array([ids] * n), max_new_tokens=48, seed=0, temperature=0.8, top_k=40,
+    free = model.generate(np.array([ids] * n), max_new_tokens=24 if quick else 48, seed=0, temperature=0.8, top_k=40,
                           top_p=0.95, min_p=0.05, return_dict_in_generate=True)
     rows, valid = [], {"schema": 0, "free": 0}
     for name, o in (("schema", out), ("free", free)):

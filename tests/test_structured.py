@@ -476,7 +476,7 @@ def test_the_lesson_example_runs_and_every_masked_json_validates(capsys):
 
     main(quick=True)
     out = capsys.readouterr().out
-    assert "valid under the schema: with the mask 4/4" in out and "matches: True" in out
+    assert re.search(r"valid under the schema: with the mask (\d+)/\1,", out) and "matches: True" in out
     assert "[10.S5]" in out
 
 
