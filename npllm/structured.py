@@ -23,6 +23,10 @@ The public object, for ``generate`` and for a server (one per request or row)::
     c.accepting / c.stopped / c.error
     c.copy()                        # a fresh matcher for another row (the compiled grammar is shared)
 
+For OpenAI's ``response_format``: ``{"type": "json_object"}`` is ``json_schema={"type": "object"}``;
+``{"type": "json_schema", "json_schema": {"schema": S, "strict": true}}`` is ``json_schema=S`` (strict
+mode wants ``"additionalProperties": false`` in S, as OpenAI requires).
+
 ``grammar`` is Lark (llguidance's dialect) or GBNF (llama.cpp's); GBNF is
 recognised by its ``::=`` rules and translated to Lark.  An invalid schema,
 regex or grammar raises ``GrammarError`` (a ``GenerationParameterError``)
@@ -121,9 +125,8 @@ def _ll_tokenizer(tokenizer, vocab_size: int, eos: Tuple[int, ...]):
     cache: Dict = tokenizer.__dict__.setdefault("_llguidance_tokenizers", {})
     key = (vocab_size, eos)
     if key not in cache:
-        backend = getattr(tokenizer, "backend", tokenizer)  # an npllm Tokenizer or a tokenizers.Tokenizer
-        try:
-            cache[key] = llg.LLTokenizer(backend.to_str(), n_vocab=vocab_size, eos_token=list(eos))
+        try:  # the backend is a tokenizers.Tokenizer, from tokenizer.json or from GGUF metadata
+            cache[key] = llg.LLTokenizer(tokenizer.backend.to_str(), n_vocab=vocab_size, eos_token=list(eos))
         except (ValueError, RuntimeError) as e:
             raise GenerationParameterError(f"llguidance cannot read this tokenizer: {e}") from None
     return cache[key]
