@@ -456,6 +456,27 @@ def test_top_logprobs_under_a_grammar_renormalise_over_the_allowed_tokens(noise)
     np.testing.assert_allclose(np.exp(log_softmax64(out.scores[0][0])[allowed]).sum(), 1.0, rtol=1e-6)
 
 
+NO_TORCH = r"""
+import sys
+sys.modules['torch'] = None          # any 'import torch' now raises ImportError
+sys.modules['transformers'] = None
+import numpy as np
+import npllm
+model, tok = npllm.load()
+ids = tok.encode("Answer:")
+out = model.generate(np.array([ids]), max_new_tokens=4, tokenizer=tok, regex="(yes|no)", temperature=0)
+print(repr(tok.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)))
+assert not any(m.startswith(('torch', 'transformers')) for m in sys.modules if sys.modules[m] is not None)
+"""
+
+
+def test_structured_output_runs_with_torch_blocked():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"'(yes|no)'", r.stdout.strip()), r.stdout
+
+
 # ============================================================== the lesson's example
 def test_the_lesson_example_runs_and_every_masked_json_validates(capsys):
     """``lessons/ex10_structured.py`` (until lesson 10 registers it, tests/test_lessons.py does not run it)."""
