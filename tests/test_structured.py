@@ -321,6 +321,13 @@ def test_every_eos_id_is_allowed_when_complete_and_none_before(noise):
     assert np.nonzero(c.allowed())[0].tolist() == [0, 2]
 
 
+def test_padded_embedding_rows_are_never_allowed(noise):
+    _, tok = noise
+    ok = Constraint(tok, regex="[0-9a-z ]*", vocab_size=tok.vocab_size + 64).allowed()
+    assert ok.shape == (tok.vocab_size + 64,) and ok[:tok.vocab_size].sum() > 100 and not ok[tok.vocab_size:].any()
+    assert npllm.structured.Constraint is Constraint
+
+
 def test_a_single_constraint_is_a_template_left_untouched(noise):
     model, tok = noise
     c = Constraint(tok, regex="[0-9]{2}", vocab_size=model.config.vocab_size)
