@@ -271,6 +271,19 @@ def test_a_complete_grammar_without_eos_stops_with_reason_grammar(noise):
         assert re.fullmatch("[0-9]{3}", tok.decode(out.sequences[b, 2:5]))
 
 
+def test_a_row_whose_grammar_is_already_complete_stops_before_any_token(noise):
+    model, tok = noise
+    done = Constraint(tok, regex="[0-9]", eos_token_id=[], vocab_size=model.config.vocab_size)
+    assert done.consume(tok.encode("7", add_special_tokens=False)[0]) and not done.can_continue
+    out = model.generate(np.array([[1, 2]] * 2), max_new_tokens=3, constraint=[done, None], eos_token_id=[],
+                         return_dict_in_generate=True)
+    assert out.stop_reasons == ["grammar", "length"] and out.num_new_tokens.tolist() == [0, 3]
+    alone = model.generate(np.array([[1, 2]]), max_new_tokens=3, constraint=[done], eos_token_id=[],
+                           return_dict_in_generate=True, output_logprobs=True, top_logprobs=2)
+    assert alone.stop_reasons == ["grammar"] and alone.sequences.shape == (1, 2)
+    assert alone.logprobs.shape == (1, 0) and alone.top_logprobs.shape == (1, 0, 2)
+
+
 def test_a_forbidden_token_forced_after_the_mask_stops_the_row_with_reason_grammar(noise):
     model, tok = noise
     x = tok.encode("x", add_special_tokens=False)[0]
