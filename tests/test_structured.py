@@ -314,6 +314,23 @@ def test_the_mask_comes_before_top_k_and_penalties(noise):
     assert out[0, 3] == best_allowed
 
 
+@settings(max_examples=12)
+@given(temperature=st.sampled_from([0.0, 0.5, 1.5]), top_k=st.sampled_from([0, 1, 5]),
+       top_p=st.sampled_from([1.0, 0.5]), min_p=st.sampled_from([0.0, 0.3]), typical_p=st.sampled_from([1.0, 0.7]),
+       penalty=st.sampled_from([1.0, 1.5]), presence=st.sampled_from([0.0, 2.0]), seed=st.integers(0, 9))
+def test_every_processor_after_the_mask_keeps_the_text_valid(noise, temperature, top_k, top_p, min_p, typical_p,
+                                                             penalty, presence, seed):
+    model, tok = noise
+    regex = "(cat|dog)-[0-9]{2}"
+    out = model.generate(np.array([[1, 2]] * 2), max_new_tokens=10, tokenizer=tok, regex=regex, seed=seed,
+                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                         repetition_penalty=penalty, presence_penalty=presence, no_repeat_ngram_size=3,
+                         return_dict_in_generate=True)
+    for b in range(2):
+        new = out.sequences[b, 2:2 + out.num_new_tokens[b]]
+        assert out.stop_reasons[b] == "eos" and re.fullmatch(regex, tok.decode(new, skip_special_tokens=True))
+
+
 def test_per_row_constraints_and_an_unconstrained_row(noise):
     model, tok = noise
     V = model.config.vocab_size
