@@ -542,6 +542,10 @@ def test_cli_json_schema_regex_and_grammar_file(tmp_path):
                 "A number as JSON.")
     assert r.returncode == 0, r.stderr
     jsonschema.validate(json.loads(r.stdout), SCHEMAS["integer_range"])
+    inline = json.dumps(SCHEMAS["array_min_max"])  # llama-cli takes the schema itself too
+    r = run_cli("generate", "--no-progress", "-n", "16", "-s", "0", "--json-schema", inline, "Numbers:")
+    assert r.returncode == 0, r.stderr
+    jsonschema.validate(json.loads(r.stdout), SCHEMAS["array_min_max"])
     r = run_cli("generate", "--no-progress", "-n", "12", "-s", "0", "--regex", "[0-9]{3}-[0-9]{4}", "Call")
     assert r.returncode == 0 and re.fullmatch(r"[0-9]{3}-[0-9]{4}\n", r.stdout), (r.stdout, r.stderr)
     r = run_cli("generate", "--no-progress", "-n", "16", "-s", "0", "--grammar-file", str(lark), "The sky is")
