@@ -38,7 +38,7 @@ given free whitespace may emit newlines until it runs out of tokens); a schema's
 A GGUF tokenizer is handed to llguidance as the ``tokenizer.json`` text of the
 ``tokenizers`` object npllm builds from the GGUF metadata
 (``Tokenizer.backend.to_str()``); the llguidance tokenizer is cached on the
-npllm ``Tokenizer`` (one per vocabulary size and EOS set, about 0.3 s to build).
+npllm ``Tokenizer`` (one per vocabulary size and EOS set: built once, reused by every request).
 """
 
 from __future__ import annotations
@@ -85,13 +85,14 @@ def _grammar_text(json_schema, regex, grammar) -> Tuple[str, str]:
             except json.JSONDecodeError as e:
                 raise GrammarError(f"json_schema is not valid JSON: {e}") from None
         if not isinstance(json_schema, (dict, bool)):
-            raise GrammarError(f"json_schema must be a JSON object (dict or JSON text), got {type(json_schema).__name__}")
+            raise GrammarError(
+                f"json_schema must be a JSON object (dict or JSON text), got {type(json_schema).__name__}")
         try:
             # compact JSON unless the schema's "x-guidance" says otherwise: a small model given
             # free whitespace can emit newlines until max_new_tokens
             text = llg.LLMatcher.grammar_from_json_schema(json.dumps(json_schema),
                                                           defaults={"whitespace_flexible": False})
-        except ValueError as e:
+        except (ValueError, TypeError) as e:  # TypeError: a value json.dumps cannot write
             raise GrammarError(f"json_schema is invalid: {e}") from None
     elif name == "regex":
         if not isinstance(regex, str):

@@ -205,6 +205,7 @@ class CountingModel:
     (dict(json_schema={"type": "integer", "minimum": 5, "maximum": 3}), "json_schema"),
     (dict(json_schema="{not json"), "json_schema"),
     (dict(json_schema=[1, 2]), "json_schema"),
+    (dict(json_schema={"enum": [{1, 2}]}), "json_schema"),  # a set: not JSON
     (dict(regex="[0-9"), "regex"),
     (dict(regex="(a|b"), "regex"),
     (dict(grammar='start: x\nx: "a" | y'), "grammar"),
