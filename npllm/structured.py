@@ -211,7 +211,7 @@ class Constraint:
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """Set the logits [V] of forbidden tokens to -inf, in place; returns them."""
-        logits[~self.allowed()] = -np.inf
+        np.copyto(logits, -np.inf, where=~self.allowed())
         return logits
 
     def consume(self, token_id: int) -> bool:
@@ -235,7 +235,7 @@ class RowConstraints:
         for b, c in enumerate(self.rows):
             if c is not None and live[b]:
                 ok = c.allowed()
-                scores[b, ~ok] = -np.inf
+                np.copyto(scores[b], -np.inf, where=~ok)  # (a view: in place)
                 blocked[b] = not c.can_continue or not ok.any()
         return blocked
 
