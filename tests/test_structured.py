@@ -352,6 +352,17 @@ def test_every_eos_id_is_allowed_when_complete_and_none_before(noise):
     assert np.nonzero(c.allowed())[0].tolist() == [0, 2]
 
 
+def test_mask_sets_exactly_the_forbidden_logits_to_minus_inf_in_place(noise):
+    _, tok = noise
+    c = Constraint(tok, regex="(yes|no)")
+    row = np.random.default_rng(0).standard_normal(tok.vocab_size).astype(np.float32)
+    before = row.copy()
+    out = c.mask(row)
+    ok = c.allowed()
+    assert out is row and np.isneginf(row[~ok]).all() and (row[ok] == before[ok]).all()
+    assert {tok.decode([int(i)]) for i in np.nonzero(ok)[0]} >= {"yes", "no"}
+
+
 def test_padded_embedding_rows_are_never_allowed(noise):
     _, tok = noise
     ok = Constraint(tok, regex="[0-9a-z ]*", vocab_size=tok.vocab_size + 64).allowed()
