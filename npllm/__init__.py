@@ -3,7 +3,8 @@
 Start with ``lessons/README.md``.  The public names:
 
     ModelConfig, CausalLM, kv_cache_bytes, Tokenizer, load,
-    npllm.sampling (filters), npllm.generation (decode loop), npllm.errors
+    npllm.sampling (filters), npllm.generation (decode loop), npllm.errors,
+    npllm.structured (JSON schema / regex / grammar constraints, ``Constraint``)
 """
 
 from . import errors
@@ -25,7 +26,7 @@ def __getattr__(name):
     if name == "load":
         from .loading import load
         return load
-    if name in ("sampling", "generation", "stopping"):
+    if name in ("sampling", "generation", "stopping", "structured"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'npllm' has no attribute {name!r}")

@@ -5,6 +5,8 @@ Flags follow the task names of the issue and accept llama.cpp's spellings too
 ``-c/--ctx-size``).  Sampling defaults are llama.cpp's: temperature 0.8, top-k 40, top-p 0.95,
 min-p 0.05; ``--temperature 0`` means greedy.  As in llama-cli, escapes (``\\n``, ``\\t``,
 ``\\xHH``...) in the prompt, the system prompt and ``--stop`` are processed unless ``--no-escape``.
+Structured output: ``--json-schema FILE`` (or inline ``{...}``), ``--regex R``, ``--grammar-file FILE``
+(Lark or GBNF), one at a time (``npllm/structured.py``).
 
 A bad input prints one line to stderr (no traceback) and exits with status 2: a bad flag or
 number, a file that cannot be read, text that is not UTF-8, a model without a tokenizer...
@@ -82,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-f", "--file", dest="prompt_file", metavar="FILE", default=None,
                    help="read the prompt from this file (UTF-8)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    constrain = g.add_mutually_exclusive_group()  # structured output (llama-cli's spellings)
+    constrain.add_argument("--json-schema", dest="json_schema", metavar="FILE", default=None,
+                           help="the output is JSON valid under the JSON schema in FILE, or given inline as {...} "
+                           "(needs npllm[structured])")
+    constrain.add_argument("--regex", default=None, metavar="R",
+                           help="the output matches the regular expression R (no escapes processed)")
+    constrain.add_argument("--grammar-file", dest="grammar_file", metavar="FILE", default=None,
+                           help="the output follows the Lark or GBNF grammar in FILE")
     g.add_argument("--chat-template", dest="chat_template", metavar="FILE", default=None,
                    help="a Jinja chat template file, for models whose file has none (implies --chat)")
 
@@ -234,6 +244,7 @@ def _stream(model, tokenizer, ids, args, stop_token_ids, context) -> str:
                             on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     kwargs = _sampling_kwargs(args)
     kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], context - len(ids))
+    kwargs.update(getattr(args, "constraint", None) or {})
     model.generate(np.array([ids], dtype=np.int64), eos_token_id=stop_token_ids, streamer=streamer,
                    stopping_criteria=[streamer.stopping_criterion()], **kwargs)
     return streamer.text
@@ -253,7 +264,10 @@ def cmd_generate(args) -> int:
         prompt = _utf8(sys.stdin.buffer.read(), "the prompt on stdin")
     if not prompt:
         raise _UsageError("the prompt is empty")
+    args.constraint = _constraint_args(args)  # files are read before the model loads
     model, tok = _load(args)
+    if args.constraint:
+        args.constraint["tokenizer"] = tok
     context = _context(args, model)
     if args.chat or args.chat_template:
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
@@ -265,6 +279,20 @@ def cmd_generate(args) -> int:
     _stream(model, tok, ids, args, tok.stop_token_ids, context)
     sys.stdout.write("\n")
     return 0
+
+
+def _constraint_args(args) -> dict:
+    """``generate``'s json_schema / regex / grammar keyword from --json-schema, --regex, --grammar-file."""
+    if args.json_schema is not None:  # a file, or (as llama-cli takes it) the schema itself
+        text = args.json_schema
+        if not text.lstrip().startswith("{"):
+            text = _read_text_file(text, "--json-schema")
+        return {"json_schema": text}
+    if args.regex is not None:
+        return {"regex": _argument_text(args.regex, "--regex", False)}
+    if args.grammar_file is not None:
+        return {"grammar": _read_text_file(args.grammar_file, "--grammar-file")}
+    return {}
 
 
 def _fit_history(tok, messages, room: int):

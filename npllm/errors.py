@@ -26,3 +26,7 @@ class GenerationParameterError(NpllmError, ValueError):
 
 class ModelNotFoundError(NpllmError, FileNotFoundError):
     """A model path or alias cannot be resolved (the message says how to fix it)."""
+
+
+class GrammarError(GenerationParameterError):
+    """A JSON schema, regex or grammar for structured output cannot be compiled (the message names it)."""

@@ -14,7 +14,12 @@ The seed's three pitfalls, handled here:
 
 Batches are left-padded (``attention_mask`` 0 on the left).  A row that has
 stopped receives ``pad_token_id`` while the others continue, exactly as in HF.
-Every row records why it stopped: "eos", "length" or "stop".
+Every row records why it stopped: "eos", "length", "stop", or "grammar" (structured output:
+the row's grammar admits no further token).
+
+Structured output (``json_schema=``, ``regex=``, ``grammar=`` with ``tokenizer=``, or prebuilt
+``npllm.structured.Constraint`` objects): one matcher per row masks the logits to the tokens its
+grammar allows, first, before every penalty and filter (lesson 10, ``npllm/structured.py``).
 
 ``model`` is anything with ``config.vocab_size`` and
 ``forward(input_ids, attention_mask, past_key_values, use_cache, position_ids)
@@ -55,10 +60,12 @@ class GenerateOutput:
     """What ``generate(..., return_dict_in_generate=True)`` returns."""
 
     sequences: np.ndarray  # int64 [B, T0 + n]: prompt and generated tokens
-    stop_reasons: List[str]  # per row: "eos", "length" or "stop"
+    stop_reasons: List[str]  # per row: "eos", "length", "stop" or "grammar"
     scores: Optional[Tuple[np.ndarray, ...]] = None  # n x float32 [B, V], processed scores (HF ``scores``)
     logprobs: Optional[np.ndarray] = None  # float32 [B, n]: log-prob of each chosen token (0 for padding)
     num_new_tokens: Optional[np.ndarray] = None  # int64 [B]: tokens before padding (stop token included)
+    top_logprobs: Optional[np.ndarray] = None  # float32 [B, n, N]: the N best log-probs per step, best first
+    top_logprob_ids: Optional[np.ndarray] = None  # int64 [B, n, N]: their token ids (-1 for padding)
 
 
 # ============================================================== validation
@@ -238,12 +245,31 @@ def _select(scores, live, do_sample, rng, pad, step):
     return tok
 
 
-def _chosen_logprobs(scores, tok, live):
-    """float32 [B]: log-prob of each chosen token under the processed scores (0 for padding)."""
-    lp = np.zeros(scores.shape[0], dtype=np.float32)
+def _chosen_logprobs(scores, tok, live, top_n=0):
+    """Log-probs under the processed scores, the distribution the token was drawn from.
+
+    Returns float32 [B] for the chosen tokens (0 for padding), and, when ``top_n``, the ``top_n``
+    best (float32 [B, N] best first, -inf for padding; int64 [B, N] ids, -1 for padding).
+    Equal log-probs are ordered by token id.
+    """
+    B = scores.shape[0]
+    lp = np.zeros(B, dtype=np.float32)
+    top = np.full((B, top_n), -INF, dtype=np.float32)
+    top_ids = np.full((B, top_n), -1, dtype=np.int64)
     rows = np.nonzero(live)[0]
-    lp[rows] = sampling.log_softmax(scores[rows])[np.arange(rows.size), tok[rows]]
-    return lp
+    if rows.size == 0:
+        return lp, top, top_ids
+    logp = sampling.log_softmax(scores[rows])  # float64 [b, V]
+    lp[rows] = logp[np.arange(rows.size), tok[rows]]
+    n = min(top_n, logp.shape[1])
+    for i, row in enumerate(logp):
+        if n == 0:
+            break
+        cut = np.partition(row, row.size - n)[row.size - n]  # the n-th largest value
+        cand = np.nonzero(row >= cut)[0]  # every tie at the cut too, so the order is deterministic
+        best = cand[np.lexsort((cand, -row[cand]))][:n]  # by log-prob descending, then by id
+        top[rows[i], :n], top_ids[rows[i], :n] = row[best], best
+    return lp, top, top_ids
 
 
 # ============================================================== generate
@@ -254,7 +280,9 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
              no_repeat_ngram_size: int = 0, min_new_tokens: int = 0, seed=None, stopping_criteria=None,
              stop_token_sequences=None, repetition_stop=None, streamer=None,
              return_dict_in_generate: bool = False, output_scores: bool = False,
-             output_logprobs: bool = False, logits_processor=None, truncate_prompt: bool = False):
+             output_logprobs: bool = False, logits_processor=None, truncate_prompt: bool = False,
+             top_logprobs: int = 0, json_schema=None, regex=None, grammar=None, tokenizer=None,
+             constraint=None):
     """Autoregressive generation with a KV cache.
 
     input_ids:        int [B, T0] (or [T0]), left-padded when rows differ in length
@@ -275,6 +303,19 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     streamer:         callable ``f(new_ids [B])`` per step, or an HF-style object:
                       ``put(prompt [B, T0])`` once, ``put(new_ids [B])`` per step, ``end()``
     logits_processor: extra processors ``(input_ids, scores) -> scores`` run after the built-in ones
+    output_logprobs:  ``logprobs`` [B, n]: the log-prob of each chosen token under the processed scores
+                      (log_softmax of ``scores``: the distribution it was drawn from, as in OpenAI's API;
+                      under greedy decoding, the processed scores without the sampling filters)
+    top_logprobs:     N > 0 (needs output_logprobs): also ``top_logprobs`` [B, n, N] and
+                      ``top_logprob_ids`` [B, n, N], the N most likely tokens of that same distribution per
+                      step, best first (ties by token id; tokens filtered out have -inf)
+    json_schema, regex, grammar: structured output (one of them; ``grammar`` is Lark or GBNF), with
+                      ``tokenizer`` the model's npllm Tokenizer.  The mask is applied first; EOS is allowed
+                      exactly when the text is complete; a row whose grammar admits nothing more stops
+                      with reason "grammar".  An invalid one raises ``GrammarError`` before any token
+    constraint:       instead: an ``npllm.structured.Constraint`` (a template: each row gets a fresh copy)
+                      or a list of B of them, used as given (None: an unconstrained row); build them
+                      for the same EOS ids as ``eos_token_id``
     truncate_prompt:  a prompt longer than ``max_position_embeddings`` raises an error naming both
                       lengths, unless True: then only its last tokens are kept (room is left for
                       ``max_new_tokens`` when possible).  Generation never runs past that limit:
@@ -322,6 +363,15 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     if streamer is not None and not (hasattr(streamer, "put") or callable(streamer)):
         raise GenerationParameterError(f"streamer must be a callable or have put()/end(), got {streamer!r}")
     eos, pad = _resolve_special_ids(model, eos_token_id, pad_token_id, V)
+    top_logprobs = _check_int("top_logprobs", top_logprobs, 0)
+    if top_logprobs and not output_logprobs:
+        raise GenerationParameterError("top_logprobs needs output_logprobs=True")
+    grammar_rows = None
+    if constraint is not None or json_schema is not None or regex is not None or grammar is not None:
+        from .structured import row_constraints
+
+        grammar_rows = row_constraints(B, tokenizer, V, eos, json_schema=json_schema, regex=regex,
+                                       grammar=grammar, constraint=constraint)
 
     processors = sampling.build_processors(
         do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -344,7 +394,7 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     if streamer is not None and hasattr(streamer, "put"):
         streamer.put(ids.copy())  # HF streamers receive the prompt first
     out = _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
-                       streamer, output_scores, output_logprobs)
+                       streamer, output_scores, output_logprobs, top_logprobs, grammar_rows)
     if streamer is not None and hasattr(streamer, "end"):
         streamer.end()
     return out if return_dict_in_generate else out.sequences
@@ -378,7 +428,7 @@ def _new_cache(model, B, n, total):
 
 
 def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
-                 streamer, output_scores, output_logprobs) -> GenerateOutput:
+                 streamer, output_scores, output_logprobs, top_logprobs=0, grammar_rows=None) -> GenerateOutput:
     """Prefill once, then one token per step through the preallocated cache.
 
     The token and mask buffers and the KV cache start at the prompt plus
@@ -395,7 +445,7 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
     live = np.ones(B, dtype=bool)  # rows still generating
     reasons: List[Optional[str]] = ["length"] * B if max_new_tokens == 0 else [None] * B
     new_counts = np.zeros(B, dtype=np.int64)
-    all_scores, all_logprobs = [], []
+    all_scores, all_logprobs, all_top, all_top_ids = [], [], [], []
     n = 0
     if max_new_tokens > 0:
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -407,7 +457,16 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
         for step in range(max_new_tokens):
             S = T0 + step
             _check_finite(logits, live, step)
-            scores = processors(seqs[:, :S], logits.astype(np.float32, copy=False))  # [B, V]
+            scores = logits.astype(np.float32, copy=False)  # [B, V]
+            if grammar_rows is not None:  # the grammar's mask comes first, before penalties and filters
+                scores = np.array(scores)  # a copy: never mask a model buffer
+                blocked = grammar_rows.mask(scores, live)
+                for b in np.nonzero(blocked)[0]:
+                    reasons[b] = "grammar"
+                live &= ~blocked
+                if not live.any():
+                    break
+            scores = processors(seqs[:, :S], scores)  # [B, V]
             tok = _select(scores, live, do_sample, rng, pad, step)  # [B]
             if S == seqs.shape[1]:
                 cols = _room(cols, S + 1, total)
@@ -418,11 +477,18 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
             if output_scores:
                 all_scores.append(np.array(scores, dtype=np.float32))  # a copy: never a model buffer
             if output_logprobs:
-                all_logprobs.append(_chosen_logprobs(scores, tok, live))
+                lp, top, top_ids = _chosen_logprobs(scores, tok, live, top_logprobs)
+                all_logprobs.append(lp)
+                all_top.append(top)
+                all_top_ids.append(top_ids)
             if streamer is not None:
                 (streamer.put if hasattr(streamer, "put") else streamer)(tok.copy())
 
             stop, why = criteria(seqs[:, :S + 1], tok, T0)
+            if grammar_rows is not None:
+                done = grammar_rows.consume(tok, live) & ~stop
+                why = [("grammar" if done[b] else w) for b, w in enumerate(why)]
+                stop = stop | done
             for b in np.nonzero(stop & live)[0]:
                 reasons[b] = why[b]
             live &= ~stop
@@ -447,4 +513,8 @@ def _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_samp
         scores=tuple(all_scores) if output_scores else None,
         logprobs=(np.stack(all_logprobs, axis=1) if n else np.zeros((B, 0), np.float32))
         if output_logprobs else None,
-        num_new_tokens=new_counts)
+        num_new_tokens=new_counts,
+        top_logprobs=(np.stack(all_top, axis=1) if n else np.zeros((B, 0, top_logprobs), np.float32))
+        if top_logprobs else None,
+        top_logprob_ids=(np.stack(all_top_ids, axis=1) if n else np.zeros((B, 0, top_logprobs), np.int64))
+        if top_logprobs else None)
