@@ -64,9 +64,11 @@ class SamplingParams:
     seed: Optional[int] = None
     logprobs: Optional[int] = None  # None: off; k >= 0: the chosen token's and the k best
     ignore_eos: bool = False
-    # extra processors ``(input_ids [1, S], scores [1, V]) -> scores`` run after the built-in ones,
-    # e.g. a structured-output constraint for this request (``response_format``)
+    # extra processors ``(input_ids [1, S], scores [1, V]) -> scores`` run after the built-in ones
     logits_processors: Sequence = ()
+    # structured output (``response_format``): an ``npllm.structured.Constraint`` used as a template
+    # (each request gets a fresh ``copy()``); its mask comes first, before penalties and filters
+    constraint: Optional[object] = None
 
 
 @dataclass
@@ -119,6 +121,7 @@ class _Slot:
             repetition_penalty=p.repetition_penalty, frequency_penalty=p.frequency_penalty,
             presence_penalty=p.presence_penalty, prompt_length=len(req.prompt))
         self.processors.extend(p.logits_processors)
+        self.constraint = p.constraint.copy() if p.constraint is not None else None
         self.rng = np.random.default_rng(p.seed)
         self.eos = () if p.ignore_eos else tuple(eos)
         self.pieces: List[str] = []
@@ -317,7 +320,14 @@ class Engine:
         """Process, select, record and stream one slot's next token; free the slot when it is done."""
         p = s.req.params
         ids = np.asarray(s.ids, dtype=np.int64)[None, :]
-        scores = s.processors(ids, row[None, :].astype(np.float32, copy=False))   # [1, V]
+        row = row[None, :].astype(np.float32, copy=False)                           # [1, V]
+        if s.constraint is not None:  # the grammar's mask first (a copy: never a model buffer)
+            row = np.array(row)
+            s.constraint.mask(row[0])
+            if not s.constraint.can_continue or not np.isfinite(row).any():
+                self._finish(s, "stop")  # the grammar admits nothing more
+                return
+        scores = s.processors(ids, row)                                             # [1, V]
         if not np.isfinite(scores).any():
             raise GenerationParameterError("every token was filtered out; relax top_p / min_p / top_k")
         tok = int(sampling.sample(scores, s.rng)[0] if s.do_sample else sampling.greedy(scores)[0])
@@ -341,12 +351,18 @@ class Engine:
             s.pieces.clear()
             if s.streamer.stopped:
                 reason = "stop"
+        if reason is None and s.constraint is not None and (not s.constraint.consume(tok)
+                                                            or not s.constraint.can_continue):
+            reason = "stop"  # the grammar is complete (or, with a user processor, broken)
         if reason is None and (s.n_new >= p.max_tokens or len(s.ids) >= self.ctx):
             reason = "length"
         s.req.events.put(event)
         if reason is None:
             s.next = tok
             return
+        self._finish(s, reason)
+
+    def _finish(self, s: _Slot, reason: str) -> None:
         if not s.streamer.stopped:
             s.streamer.end()  # flush text held back for a stop string that never completed
         s.req.events.put(Finished(reason, "".join(s.pieces), len(s.req.prompt), s.n_new))

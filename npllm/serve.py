@@ -122,20 +122,39 @@ def _sampling(body, max_tokens: int, logprobs: Optional[int]) -> SamplingParams:
         ignore_eos=_bool(body, "ignore_eos", False))
 
 
-def _response_format(body) -> None:
+def _response_format(body, tokenizer, vocab_size, eos):
+    """``response_format`` -> None (plain text) or an ``npllm.structured.Constraint`` (a template;
+    the engine gives each request its own copy).  OpenAI's ``{"type": "json_object"}`` is any JSON
+    object (llama-server's ``"schema"`` key may narrow it); ``{"type": "json_schema", "json_schema":
+    {"schema": S}}`` is schema S."""
     v = _get(body, "response_format")
-    if v is _MISSING:
-        return
+    if v is _MISSING or v is None:
+        return None
     if not isinstance(v, dict) or not isinstance(v.get("type"), str):
         raise BadRequest("response_format", 'response_format must be an object like {"type": "text"}')
-    if v["type"] == "text":
-        return
-    if v["type"] in ("json_object", "json_schema"):
-        # The seam for structured output (npllm.structured): build this request's constraint here
-        # and return it, for ``SamplingParams.logits_processors`` (see ``run``).
-        raise BadRequest("response_format", f"response_format type {v['type']!r} is not supported yet")
-    raise BadRequest("response_format", f"response_format type must be text, json_object or json_schema, "
-                                        f"got {v['type']!r}")
+    kind = v["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = v.get("schema", {"type": "object"})
+        where = "response_format.schema"
+    elif kind == "json_schema":
+        js = v.get("json_schema")
+        if not isinstance(js, dict) or "schema" not in js:
+            raise BadRequest("response_format", 'response_format of type json_schema needs '
+                                                '"json_schema": {"name": ..., "schema": {...}}')
+        schema, where = js["schema"], "response_format.json_schema.schema"
+    else:
+        raise BadRequest("response_format", f"response_format type must be text, json_object or json_schema, "
+                                            f"got {kind!r}")
+    if not isinstance(schema, (dict, bool)):
+        raise BadRequest("response_format", f"{where} must be a JSON schema object")
+    try:
+        from .structured import Constraint
+
+        return Constraint(tokenizer, json_schema=schema, eos_token_id=list(eos), vocab_size=vocab_size)
+    except NpllmError as e:  # GrammarError names json_schema; llguidance missing
+        raise BadRequest("response_format", f"{where}: {e}") from None
 
 
 def _messages(body) -> list:
@@ -409,7 +428,7 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
         if opts is not _MISSING and not isinstance(opts, dict):
             raise BadRequest("stream_options", "stream_options must be an object")
         include_usage = stream and _bool(opts if opts is not _MISSING else {}, "include_usage", False)
-        _response_format(body)
+        constraint = _response_format(body, st.tokenizer, engine.model.config.vocab_size, engine.eos)
         for p in prompts:
             if len(p) >= ctx:
                 raise BadRequest(pname, f"{pname}: the prompt has {len(p)} tokens, but a slot holds {ctx} "
@@ -421,7 +440,7 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
                 room = ctx - len(p)
                 seed = None if base.seed is None else (base.seed + j) % 2 ** 64
                 params_list.append(SamplingParams(**{**base.__dict__, "max_tokens": min(max_tokens or room, room),
-                                                     "seed": seed}))
+                                                     "seed": seed, "constraint": constraint}))
                 choice_prompts.append(p)
         reqs, events = submit_all(engine, choice_prompts, params_list, pname)
         prompt_tokens = sum(len(p) for p in prompts)

@@ -344,7 +344,11 @@ BAD = [
     ("chat", {"messages": CHAT, "stream": "yes"}, "stream"),
     ("chat", {"messages": CHAT, "stream": True, "stream_options": 5}, "stream_options"),
     ("chat", {"messages": CHAT, "ignore_eos": 1}, "ignore_eos"),
-    ("chat", {"messages": CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+    ("chat", {"messages": CHAT, "response_format": {"type": "json_schema"}}, "response_format"),
+    ("chat", {"messages": CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer", "minimum": "zero"}}}}}},
+     "response_format"),
+    ("chat", {"messages": CHAT, "response_format": {"type": "yaml"}}, "response_format"),
     ("chat", {"messages": CHAT, "response_format": "json"}, "response_format"),
     ("completions", {"model": "m"}, "prompt"),
     ("completions", {"prompt": ""}, "prompt"),
@@ -466,3 +470,37 @@ def test_cli_errors_are_one_line_with_status_2():
         busy.listen(1)
         r = _cli("--port", str(busy.getsockname()[1]))
     assert r.returncode == 2 and "--port" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ response_format (npllm.structured)
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_format_json_schema_gives_valid_json(client, stream):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    msgs = [{"role": "user", "content": "Describe a person as JSON."}]
+    for seed in range(3):
+        kw = dict(model="m", messages=msgs, temperature=0.8, seed=seed, max_tokens=60, response_format=rf)
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
+                           if c.choices)
+        else:
+            r = client.chat.completions.create(**kw)
+            assert r.choices[0].finish_reason == "stop"
+            text = r.choices[0].message.content
+        jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_response_format_json_object_gives_a_json_object(client):
+    pytest.importorskip("llguidance")
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "A JSON object, please."}],
+                                       temperature=0, max_tokens=48, response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:  # cut at max_tokens: still the start of an object
+        assert r.choices[0].message.content.startswith("{")
