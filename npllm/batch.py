@@ -36,7 +36,8 @@ import numpy as np
 from .errors import GenerationParameterError, NpllmError
 
 # llama.cpp's sampling defaults, as in ``npllm generate``
-DEFAULTS = dict(max_tokens=128, temperature=0.8, top_p=0.95, top_k=40, min_p=0.05, seed=None, stop=None)
+DEFAULTS = dict(max_tokens=128, temperature=0.8, top_p=0.95, top_k=40, min_p=0.05, seed=None, stop=None,
+                json_schema=None)
 PARAMS = tuple(DEFAULTS)
 
 
@@ -72,6 +73,15 @@ def _check_params(d: dict, defaults: dict) -> Dict[str, Any]:
         if key in ("max_tokens", "top_k", "seed"):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise GenerationParameterError(f"{key} must be a non-negative integer, got {v!r:.40}")
+        elif key == "json_schema":  # kept as canonical JSON text: records group by equal schemas
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError as e:
+                    raise GenerationParameterError(f"json_schema is not valid JSON ({e.msg})") from None
+            if v is not None and not isinstance(v, (dict, bool)):
+                raise GenerationParameterError(f"json_schema must be a JSON schema object, got {v!r:.40}")
+            v = None if v is None else json.dumps(v, sort_keys=True)
         elif key == "stop":
             if isinstance(v, str):
                 v = [v]
@@ -225,11 +235,12 @@ def generate_batch(model, tok, records: List[Record], encoded: List[List[int]]) 
     for b, e in enumerate(encoded):
         ids[b, T - len(e):], mask[b, T - len(e):] = e, 1
     stops = list(p["stop"] or [])
+    structured = {} if p.get("json_schema") is None else {"json_schema": p["json_schema"], "tokenizer": tok}
     out = model.generate(ids, attention_mask=mask, max_new_tokens=p["max_tokens"], temperature=p["temperature"],
                          top_p=p["top_p"], top_k=p["top_k"], min_p=p["min_p"], seed=p["seed"],
                          eos_token_id=tok.stop_token_ids, pad_token_id=tok.pad_token_id or 0,
                          stopping_criteria=[StopStringCriteria(tok, stops)] if stops else None,
-                         return_dict_in_generate=True)
+                         return_dict_in_generate=True, **structured)
     rows = []
     for b, r in enumerate(records):
         n = int(out.num_new_tokens[b])
@@ -264,6 +275,7 @@ def _prepare(input_path, output_path, defaults, tok, context):
     """Read the input, skip what the output already holds, turn bad records into error rows."""
     seen = done_ids(output_path)
     todo, errors, skipped, lengths = [], [], 0, {}
+    schemas: Dict[str, Optional[str]] = {}  # each distinct json_schema compiled once
     for n, record, error in read_input(input_path, defaults):
         key = _key(record.id) if record is not None else _key(error.get("id"), n)
         if key in seen:
@@ -281,9 +293,26 @@ def _prepare(input_path, output_path, defaults, tok, context):
             errors.append({"id": record.id, "line": n,
                            "error": f"the prompt is {k} tokens, more than the model's context of {context} - 1"})
             continue
+        schema = record.params.get("json_schema")
+        if schema is not None:
+            problem = schemas[schema] if schema in schemas else schemas.setdefault(schema, _schema_problem(tok, schema))
+            if problem:
+                errors.append({"id": record.id, "line": n, "error": problem})
+                continue
         lengths[id(record)] = k
         todo.append(record)
     return seen, todo, errors, skipped, lengths
+
+
+def _schema_problem(tok, schema: str) -> Optional[str]:
+    """None when ``schema`` compiles (npllm.structured), else the error naming json_schema."""
+    try:
+        from .structured import Constraint
+
+        Constraint(tok, json_schema=schema)
+    except NpllmError as e:
+        return str(e)
+    return None
 
 
 def run(input_path, output_path, model=None, *, batch_size: int = 8, ray=None, workers: Optional[int] = None,
@@ -292,7 +321,8 @@ def run(input_path, output_path, model=None, *, batch_size: int = 8, ray=None, w
 
     ``model``: an alias, a ``.gguf`` file, an HF directory (default: the default model).
     ``defaults``: ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``
-    (llama.cpp's defaults, as ``npllm generate``).  ``ray``: None (in this process), ``"local"``
+    (llama.cpp's defaults, as ``npllm generate``) and ``json_schema`` (structured output, the
+    ``structured`` extra).  ``ray``: None (in this process), ``"local"``
     (start a local Ray) or a cluster address; ``workers``: Ray actors (default 2).
     """
     unknown = sorted(set(defaults) - set(PARAMS))

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on Ray: a cluster address, or 'local' (the default when no address is given)")
     b.add_argument("--workers", type=_int_at_least(1), default=None, help="Ray actors (default 2)")
+    b.add_argument("--json-schema", dest="json_schema", metavar="FILE", default=None,
+                   help="default JSON schema (a file, or the schema itself) for records without their own")
 
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching "
                                       "(llama-server's flags)")
@@ -295,6 +297,15 @@ def _constraint_args(args) -> dict:
     return {}
 
 
+def _batch_schema(args) -> dict:
+    if args.json_schema is None:
+        return {}
+    text = args.json_schema
+    if not text.lstrip().startswith("{"):
+        text = _read_text_file(text, "--json-schema")
+    return {"json_schema": text}
+
+
 def _fit_history(tok, messages, room: int):
     """The chat ids, dropping the oldest turns (never the system prompt, never the newest user
     message) until they leave ``room`` tokens or more of the context for the reply."""
@@ -415,7 +426,7 @@ def cmd_batch(args) -> int:
     summary = run(args.input, args.output, model=args.model, batch_size=args.batch_size, ray=args.ray,
                   workers=args.workers, progress=not args.no_progress, max_tokens=args.max_new_tokens,
                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                  seed=args.seed, stop=stops or None)
+                  seed=args.seed, stop=stops or None, **_batch_schema(args))
     print(f"npllm batch: {summary.written} record(s) and {summary.errors} error row(s) written to "
           f"{summary.output}, {summary.skipped} already there; {summary.completion_tokens} tokens in "
           f"{summary.seconds:.1f} s", file=sys.stderr)

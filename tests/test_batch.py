@@ -100,6 +100,8 @@ def test_stop_strings_end_the_text_before_them(smol, tmp_path):
     ('{"id": 1, "prompt": "x", "max_tokens": -3}', "max_tokens"), ('{"id": 1, "prompt": "x", "temperature": "hot"}',
                                                                    "temperature"),
     ('{"id": 1, "prompt": "x", "stop": [""]}', "stop"), ('{"id": 1.5, "prompt": "x"}', "id"),
+    ('{"id": 1, "prompt": "x", "json_schema": 5}', "json_schema"),
+    ('{"id": 1, "prompt": "x", "json_schema": {"type": "integer", "minimum": "zero"}}', "json_schema"),
 ])
 def test_a_malformed_line_gives_an_error_row_and_the_run_goes_on(smol, tmp_path, line, needle):
     model, _ = smol
@@ -110,6 +112,30 @@ def test_a_malformed_line_gives_an_error_row_and_the_run_goes_on(smol, tmp_path,
     (err,) = [r for r in rows if "error" in r]
     assert needle in err["error"] and err["line"] == 1
     assert [r["id"] for r in rows if "text" in r] == ["ok"]
+
+
+def test_records_with_a_json_schema_give_valid_json_equal_to_generate(smol, tmp_path):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    model, tok = smol
+    point = {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 99},
+                                              "y": {"type": "integer", "minimum": 0, "maximum": 99}},
+             "required": ["x", "y"], "additionalProperties": False}
+    colour = {"type": "string", "enum": ["red", "green", "blue"]}
+    records = [{"id": 0, "prompt": "A point as JSON:", "json_schema": point},
+               {"id": 1, "prompt": "Another point:", "json_schema": point},
+               {"id": 2, "prompt": "Favourite colour:", "json_schema": json.dumps(colour)},
+               {"id": 3, "prompt": "Favourite colour:"}]                       # the default schema
+    write_jsonl(tmp_path / "in.jsonl", records)
+    run(tmp_path / "in.jsonl", tmp_path / "out.jsonl", model=model.source, temperature=0, max_tokens=24,
+        json_schema=colour, progress=False)
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    for r in records:
+        schema = r.get("json_schema", colour)
+        schema = json.loads(schema) if isinstance(schema, str) else schema
+        jsonschema.validate(json.loads(rows[r["id"]]["text"]), schema)
+        want, _, _ = alone(model, tok, tok.encode(r["prompt"]), 24, temperature=0, json_schema=schema, tokenizer=tok)
+        assert rows[r["id"]]["text"] == want
 
 
 def test_a_half_written_last_line_is_dropped_and_redone(smol, tmp_path):
