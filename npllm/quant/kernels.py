@@ -210,7 +210,7 @@ def _deq_dot_rows(kind, pl, r0, r1, x, out, buf, dt, mt):
 # The driver
 # ---------------------------------------------------------------------------
 
-MATVEC1, MATVECN, DEQUANT = 0, 1, 2
+MATVEC1, MATVECN, DEQUANT, MATVECR = 0, 1, 2, 3
 
 
 @njit
@@ -240,10 +240,19 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
     """op MATVEC1: out[0, r] = W[r] . x[0]   (x [1, D], out [1, R]; dequantized in registers)
     op MATVECN: out[n, r] = W[r] . x[n]   (x [N, D], out [N, R]; each row dequantized once)
     op DEQUANT: out[i, :] = W[r0 + i, :]   (out [T, D]; x unused)
+    op MATVECR: out[n, r] = W[r] . x[n]   (x [N, D], out [N, R]; each input row exactly as MATVEC1
+                would compute it alone: speculative decoding's verify pass, npllm.speculative)
     pl: the weight's planes as (address, row stride) pairs (see plane_addresses)."""
     cols = out.shape[1] if op == DEQUANT else x.shape[1]
     n_rows = out.shape[0] if op == DEQUANT else out.shape[1]
-    xs = _block_sums(x, 16 if kind == Q2_K or kind == Q3_K else 32)  # sums of x[0] over blocks of 32 (16)
+    width = 16 if kind == Q2_K or kind == Q3_K else 32
+    xs = _block_sums(x, width)  # sums of x[0] over blocks of 32 (16)
+    n_sep = x.shape[0] if op == MATVECR else 0
+    xrows = np.empty((n_sep, 1, cols), np.float32)  # MATVECR: each input row alone, C-contiguous
+    xsr = np.empty((n_sep, xs.shape[0]), np.float32)  # and its block sums
+    for n in range(n_sep):
+        xrows[n, 0] = x[n]
+        xsr[n] = _block_sums(xrows[n], width)
     for c in prange(n_chunks):
         c0 = c * n_rows // n_chunks
         c1 = (c + 1) * n_rows // n_chunks
@@ -253,6 +262,9 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
             _dot_rows(kind, pl, c0, c1, x, xs, dt, out)
         elif op == MATVECN:
             _deq_dot_rows(kind, pl, c0, c1, x, out, np.empty(2 * cols + 8, np.float32), dt, mt)
+        elif op == MATVECR:  # the chunk's weights stay in cache while each input row passes
+            for n in range(n_sep):
+                _dot_rows(kind, pl, c0, c1, xrows[n], xsr[n], dt, out[n:n + 1])
         else:
             _deq_rows(kind, pl, r0 + c0, r0 + c1, out, c0, dt, mt)
 
@@ -281,6 +293,13 @@ def matvec(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
     """out [N, R] = x [N, D] @ W.T for small N (trusted: float32, C-contiguous, shapes checked)."""
     rows = out.shape[1]
     _run(MATVEC1 if x.shape[0] == 1 else MATVECN, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
+
+
+def matvec_rows(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
+    """out [N, R] = x [N, D] @ W.T, each row with MATVEC1's arithmetic (bit-equal to N calls with
+    one row each), reading each chunk of W once for all N rows (trusted like ``matvec``)."""
+    rows = out.shape[1]
+    _run(MATVECR, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
 
 
 _NO_X = np.zeros((1, 32), np.float32)
