@@ -335,12 +335,14 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
         raise GenerationParameterError(f"streamer must be a callable or have put()/end(), got {streamer!r}")
     eos, pad = _resolve_special_ids(model, eos_token_id, pad_token_id, V)
 
+    num_beams = _check_int("num_beams", num_beams, 1)
+    num_return_sequences = _check_int("num_return_sequences", num_return_sequences, 1)
     processors = sampling.build_processors(
         do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         typical_p=typical_p, repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         min_new_tokens=min_new_tokens, eos_token_ids=eos, prompt_length=T0,
-        prompt_ignore_length=np.argmax(mask == 1, axis=1))  # HF: left padding is not "seen"
+        prompt_ignore_length=np.repeat(np.argmax(mask == 1, axis=1), num_beams))  # HF: padding is not "seen"
     if logits_processor is not None:
         user = ([logits_processor] if callable(logits_processor) or not np.iterable(logits_processor)
                 else list(logits_processor))
@@ -353,8 +355,6 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     criteria = _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop,
                                stopping_criteria, V)
 
-    num_beams = _check_int("num_beams", num_beams, 1)
-    num_return_sequences = _check_int("num_return_sequences", num_return_sequences, 1)
     drafter = _speculative_drafter(model, B, num_beams, prompt_lookup_num_tokens, max_matching_ngram_size,
                                    assistant_model, num_assistant_tokens, processors, do_sample, rng, eos)
     if num_beams > 1 or num_return_sequences > 1:
