@@ -11,6 +11,9 @@
 """
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -312,3 +315,23 @@ def test_the_chi_square_test_catches_a_residual_that_ignores_the_draft(tiny, exa
         return int(d) if rng.random() < p[d] else speculative._draw(p, rng)
     monkeypatch.setattr(speculative, "_accept_or_resample", wrong)
     assert chi_square_p(draw(tiny, N_SAMPLES, prompt_lookup_num_tokens=3), exact) < 1e-3
+
+
+# ============================================================== CLI
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_generate(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "npllm", "generate", *args], capture_output=True, timeout=600,
+                       env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.decode()
+
+
+def test_cli_lookup_and_draft_model_print_the_plain_greedy_text(smollm2_gguf):
+    common = ["-m", smollm2_gguf, "--temp", "0", "-n", "16", "--chat", "--no-progress", PROMPTS[0]]
+    plain_text = run_generate(*common)
+    assert plain_text.strip()
+    assert run_generate(*common, "--lookup", "8") == plain_text
+    assert run_generate(*common, "--draft-model", smollm2_gguf, "--draft-max", "3") == plain_text
