@@ -107,15 +107,15 @@ def test_matvec_rows_equals_one_matvec_per_row():
 
     rng = np.random.default_rng(0)
     for kind, block_bytes in ((Q8_0, 34), (Q4_1, 20)):
-        rows, cols = 70, 128
+        rows, cols = 70, 576
         raw = rng.integers(0, 256, (rows, cols // 32 * block_bytes), dtype=np.uint8)
         raw[:, 1::block_bytes] = 0x20  # fp16 scales (and Q4_1's minimum) of modest size: finite
         raw[:, 3::block_bytes] = 0x20
         w = QuantizedWeight.from_raw(raw, kind, (rows, cols))
-        x = rng.standard_normal((5, cols)).astype(np.float32)
-        got = np.empty((5, rows), np.float32)
+        x = rng.standard_normal((9, cols)).astype(np.float32)  # two groups of four, and one alone
+        got = np.empty((9, rows), np.float32)
         matvec_rows(kind, w._addresses(), x, got)
-        for n in range(5):
+        for n in range(9):
             one = np.empty((1, rows), np.float32)
             matvec(kind, w._addresses(), np.ascontiguousarray(x[n:n + 1]), one)
             np.testing.assert_array_equal(got[n], one[0])
