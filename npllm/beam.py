@@ -97,7 +97,9 @@ def beam_search(model, ids, mask, max_new_tokens, processors, criteria, do_sampl
                 num_beams, length_penalty, early_stopping, num_return_sequences, output_scores):
     """Beam search over left-padded prompts ``ids`` [B, T0]; see the module docstring.
     ``processors``/``criteria`` are ``generate``'s; returns a ``BeamSearchOutput``."""
-    from .generation import _new_cache, _prefill
+    import inspect
+
+    from .generation import _forward, _new_cache, _prefill
 
     _check(num_beams, length_penalty, early_stopping, num_return_sequences)
     B, T0 = ids.shape
@@ -125,7 +127,8 @@ def beam_search(model, ids, mask, max_new_tokens, processors, criteria, do_sampl
 
     cache = _new_cache(model, B * N, T0, L)
     positions = np.where(mask_x == 0, 1, np.cumsum(mask_x, axis=1) - 1)
-    logits, cache = _prefill(model, ids_x, mask_x, cache, positions, True)  # [B*N, V]
+    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+    logits, cache = _prefill(model, ids_x, mask_x, cache, positions, keep_last)  # [B*N, V]
     full_mask = np.concatenate([mask_x, np.ones((B * N, max_new_tokens), mask_x.dtype)], axis=1)
     cur = T0
     while True:
@@ -176,14 +179,15 @@ def beam_search(model, ids, mask, max_new_tokens, processors, criteria, do_sampl
         go_on = unsatisfied.any() and not (finished.all() and early_stopping is True) and not hits.all()
         if not go_on:
             break
-        cache.reorder(beam_idx)
-        if cache.length + 1 > cache.max_seq_len:
-            cache.reserve(min(L, max(cache.length + 1, 2 * cache.max_seq_len)))
+        if hasattr(cache, "reorder"):                                 # KVCache: rows follow their parents
+            cache.reorder(beam_idx)
+            if cache.length + 1 > cache.max_seq_len:
+                cache.reserve(min(L, max(cache.length + 1, 2 * cache.max_seq_len)))
+        elif cache is not None:                                       # the seed's list of (k, v)
+            cache = [(k[beam_idx], v[beam_idx]) for k, v in cache]
         m = np.ascontiguousarray(full_mask[:, :cur])
         pos = m.sum(axis=1, keepdims=True) - 1
-        logits, cache = model.forward(running[:, :, cur - 1].reshape(B * N, 1), attention_mask=m,
-                                      past_key_values=cache, use_cache=True, position_ids=pos, logits_to_keep=1)
-        logits = np.asarray(logits)[:, -1, :]
+        logits, cache = _forward(model, running[:, :, cur - 1].reshape(B * N, 1), m, cache, pos, keep_last)
 
     R = num_return_sequences
     seqs, scores, bi = seqs[:, :R].reshape(B * R, L), scores[:, :R].reshape(B * R), bi[:, :R].reshape(B * R, -1)
