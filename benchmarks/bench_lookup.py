@@ -13,8 +13,9 @@ same GGUF and the same prompt ids, alternating round after round in one process:
 - llama.cpp greedy         llama-cpp-python ``Llama.generate(ids, top_k=1)``
 - llama.cpp lookup         the same with ``draft_model=LlamaPromptLookupDecoding(num_pred_tokens=N)``
 
-Each is timed from the call to the last token (the prompt's prefill included, the same for both
-runs of an engine), and reports new tokens / second; the table shows medians over rounds, the
+Each is timed from its first new token to its last (the prompt's prefill, the same for both runs
+of an engine and noisy on a busy machine, is left out), and reports (new tokens - 1) / second,
+as ``bench_generate.py``'s "decode b1" does; the table shows medians over rounds, the
 ratios lookup / greedy per engine and npllm lookup / llama.cpp lookup.  npllm checks that its
 lookup output equals its greedy output token for token.  Results go to
 ``benchmarks/results/lookup.json``.
@@ -51,9 +52,10 @@ def npllm_runs(model_path, threads, lookup, new_tokens):
     ids = np.array([tok.apply_chat_template([{"role": "user", "content": REQUEST}], add_generation_prompt=True)])
 
     def run(**kw):
-        t = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=new_tokens, temperature=0, **kw)
-        return out[0, ids.shape[1]:].tolist(), time.perf_counter() - t
+        stamps = []
+        out = model.generate(ids, max_new_tokens=new_tokens, temperature=0,
+                             streamer=lambda tok: stamps.append(time.perf_counter()), **kw)
+        return out[0, ids.shape[1]:].tolist(), stamps[-1] - stamps[0]
 
     run(), run(prompt_lookup_num_tokens=lookup)  # warm-up: JIT compilation and caches
     return ids[0].tolist(), {"npllm greedy": lambda: run(), "npllm lookup": lambda: run(prompt_lookup_num_tokens=lookup)}
@@ -71,12 +73,13 @@ def llama_runs(model_path, threads, lookup, new_tokens, ids):
 
     def run(llm):
         llm.reset()
-        out, t = [], time.perf_counter()
+        out, first = [], None
         for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
             if token == llm.token_eos() or len(out) == new_tokens:
                 break
             out.append(token)
-        return out, time.perf_counter() - t
+            first = first or time.perf_counter()
+        return out, time.perf_counter() - first
 
     run(plain), run(spec)
     return {"llama.cpp greedy": lambda: run(plain), "llama.cpp lookup": lambda: run(spec)}
@@ -108,7 +111,7 @@ def main(argv=None):
         for name, run in runs.items():
             out, seconds = run()
             tokens[name] = out
-            rates[name].append(len(out) / seconds)
+            rates[name].append((len(out) - 1) / seconds)
     med = {name: statistics.median(r) for name, r in rates.items()}
     ratios = {"npllm lookup / npllm greedy": med["npllm lookup"] / med["npllm greedy"]}
     if "llama.cpp lookup" in med:

@@ -266,6 +266,11 @@ def speculative_loop(model, ids, mask, max_new_tokens, processors, criteria, do_
             S = j + 1
             room = max_new_tokens - n - 1                    # k drafts give up to k + 1 tokens
             drafts, q = drafter.propose(seq[:S], room, key_mask, n_pad) if room > 0 else (drafts[:0], None)
+            if drafts.shape[0] >= 4 and (drafts.shape[0] + 1) % 4:
+                # the verify matvec takes rows four at a time (a lone row costs about two of a
+                # group's): 8 rows verify up to 8 tokens for less than 11 rows would cost
+                keep = (drafts.shape[0] + 1) // 4 * 4 - 1
+                drafts, q = drafts[:keep], (None if q is None else q[:keep])
             tokens = np.concatenate([seq[S - 1:S], drafts])
             rows = verify_forward(model, tokens, key_mask[:, :S + drafts.shape[0]], cache, S - 1 - n_pad)
 
