@@ -17,6 +17,9 @@ norm(max(0, p - q)); when all k are kept, one more from p.  Every emitted token 
 target distribution p exactly.  Prompt lookup has no draft distribution: q is a point mass on
 d, so d is kept with probability p(d), and on rejection the token comes from p without d.
 
+``prompt_lookup_num_tokens`` / ``num_assistant_tokens`` are upper bounds: a draft of 4 or more is
+cut so that the verify pass has a multiple of 4 rows (its Q4_1/Q8_0 matvec takes rows in fours).
+
 HF: ``generate(prompt_lookup_num_tokens=, max_matching_ngram_size=)``
 (``PromptLookupCandidateGenerator``) and ``generate(assistant_model=)``
 (``AssistedCandidateGenerator``, ``_speculative_sampling``).  Batch size 1, as in HF.
