@@ -1,4 +1,4 @@
-"""npllm 课程（lessons 01–09）：Markdown 讲义 + 可运行示例。
+"""npllm 课程（lessons 01–10）：Markdown 讲义 + 可运行示例。
 
     python -m lessons            # 运行全部示例
     python -m lessons 5          # 只运行第 5 课
@@ -18,4 +18,5 @@ LESSONS = {
     7: "ex07_speed",
     8: "ex08_model_families",
     9: "ex09_serving",
+    10: "ex10_decoding",
 }

@@ -105,9 +105,17 @@ class KVCache:
         return self.length
 
     def reorder(self, rows) -> None:
-        """Keep only the given batch rows (e.g. to drop finished sequences)."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+        """Keep only the given batch rows, in the given order (to drop finished sequences, or
+        beam search's ``beam_idx``: row i becomes the old row ``rows[i]``; rows may repeat)."""
+        self.keys = [np.ascontiguousarray(k[rows]) for k in self.keys]
+        self.values = [np.ascontiguousarray(v[rows]) for v in self.values]
+
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding's rejected drafts).
+        The buffers keep their size; the next ``update`` overwrites the dropped positions."""
+        if not 0 <= length <= self.length:
+            raise GenerationParameterError(f"crop length must be in [0, {self.length}], got {length}")
+        self.length = length
 
 
 class ConcatCache:

@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the output follows the Lark or GBNF grammar in FILE")
     g.add_argument("--chat-template", dest="chat_template", metavar="FILE", default=None,
                    help="a Jinja chat template file, for models whose file has none (implies --chat)")
+    spec = g.add_mutually_exclusive_group()
+    spec.add_argument("--lookup", type=_int_at_least(1), default=None, metavar="N",
+                      help="speculative decoding with prompt lookup: draft up to N tokens copied from the "
+                           "context (same output as without it)")
+    spec.add_argument("--draft-model", dest="draft_model", default=None, metavar="M",
+                      help="speculative decoding with drafts from a smaller model M (alias, .gguf or HF "
+                           "directory) with the same vocabulary (same output as without it)")
+    g.add_argument("--draft-max", dest="draft_max", type=_int_at_least(1), default=8, metavar="N",
+                   help="tokens the --draft-model drafts per step (default 8)")
 
     c = sub.add_parser("chat", help="interactive multi-turn chat using the model's chat template")
     _add_model_args(c)
@@ -234,6 +243,21 @@ def _sampling_kwargs(args) -> dict:
                 seed=args.seed)
 
 
+def _speculative_kwargs(args, model) -> dict:
+    """generate() arguments for --lookup N or --draft-model M (generate only)."""
+    if getattr(args, "lookup", None) is not None:
+        return dict(prompt_lookup_num_tokens=args.lookup)
+    if getattr(args, "draft_model", None) is not None:
+        from .loading import load
+
+        draft, _ = load(args.draft_model, progress=not args.no_progress)
+        if draft.config.vocab_size != model.config.vocab_size:
+            raise _UsageError(f"--draft-model {args.draft_model} has a vocabulary of {draft.config.vocab_size} "
+                              f"tokens, the model {model.config.vocab_size}: they must share it")
+        return dict(assistant_model=draft, num_assistant_tokens=args.draft_max)
+    return {}
+
+
 def _stream(model, tokenizer, ids, args, stop_token_ids, context) -> str:
     """Generate from ``ids`` (at most up to ``context`` tokens in all), streaming to stdout."""
     import numpy as np
@@ -247,6 +271,7 @@ def _stream(model, tokenizer, ids, args, stop_token_ids, context) -> str:
     kwargs = _sampling_kwargs(args)
     kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], context - len(ids))
     kwargs.update(getattr(args, "constraint", None) or {})
+    kwargs.update(_speculative_kwargs(args, model))
     model.generate(np.array([ids], dtype=np.int64), eos_token_id=stop_token_ids, streamer=streamer,
                    stopping_criteria=[streamer.stopping_criterion()], **kwargs)
     return streamer.text

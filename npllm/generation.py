@@ -282,7 +282,10 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
              return_dict_in_generate: bool = False, output_scores: bool = False,
              output_logprobs: bool = False, logits_processor=None, truncate_prompt: bool = False,
              top_logprobs: int = 0, json_schema=None, regex=None, grammar=None, tokenizer=None,
-             constraint=None):
+             constraint=None, num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False,
+             num_return_sequences: int = 1, prompt_lookup_num_tokens: Optional[int] = None,
+             max_matching_ngram_size: Optional[int] = None, assistant_model=None,
+             num_assistant_tokens: int = 20):
     """Autoregressive generation with a KV cache.
 
     input_ids:        int [B, T0] (or [T0]), left-padded when rows differ in length
@@ -320,6 +323,14 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
                       lengths, unless True: then only its last tokens are kept (room is left for
                       ``max_new_tokens`` when possible).  Generation never runs past that limit:
                       ``max_new_tokens`` is capped and such rows stop with reason "length".
+    num_beams, length_penalty, early_stopping (True | False | "never"), num_return_sequences:
+                      beam search as HF (``npllm.beam``, lesson 10); the dict output then carries
+                      ``sequences_scores`` (with output_scores) and ``beam_indices``
+    prompt_lookup_num_tokens, max_matching_ngram_size (default 2): speculative decoding with
+                      drafts copied from the context (HF prompt lookup; ``npllm.speculative``)
+    assistant_model, num_assistant_tokens (default 20): speculative decoding with drafts from a
+                      smaller npllm model with the same vocabulary.  Both: batch size 1; greedy
+                      output equals plain greedy token for token, sampling keeps its distribution
 
     Returns int64 [B, T0 + n], or a ``GenerateOutput`` when return_dict_in_generate.
     """
@@ -373,12 +384,14 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
         grammar_rows = row_constraints(B, tokenizer, V, eos, json_schema=json_schema, regex=regex,
                                        grammar=grammar, constraint=constraint)
 
+    num_beams = _check_int("num_beams", num_beams, 1)
+    num_return_sequences = _check_int("num_return_sequences", num_return_sequences, 1)
     processors = sampling.build_processors(
         do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         typical_p=typical_p, repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         min_new_tokens=min_new_tokens, eos_token_ids=eos, prompt_length=T0,
-        prompt_ignore_length=np.argmax(mask == 1, axis=1))  # HF: left padding is not "seen"
+        prompt_ignore_length=np.repeat(np.argmax(mask == 1, axis=1), num_beams))  # HF: padding is not "seen"
     if logits_processor is not None:
         user = ([logits_processor] if callable(logits_processor) or not np.iterable(logits_processor)
                 else list(logits_processor))
@@ -391,13 +404,73 @@ def generate(model, input_ids, max_new_tokens: int = 100, temperature: float = 1
     criteria = _build_criteria(max_new_tokens, eos, stop_token_sequences, repetition_stop,
                                stopping_criteria, V)
 
+    if grammar_rows is not None and (num_beams > 1 or num_return_sequences > 1 or assistant_model is not None
+                                     or prompt_lookup_num_tokens):
+        raise GenerationParameterError("json_schema / regex / grammar / constraint work with plain decoding only, "
+                                       "not with num_beams, num_return_sequences or speculative decoding")
+    if top_logprobs and (num_beams > 1 or num_return_sequences > 1 or assistant_model is not None
+                         or prompt_lookup_num_tokens):
+        raise GenerationParameterError("top_logprobs works with plain decoding only, not with num_beams, "
+                                       "num_return_sequences or speculative decoding")
+    drafter = _speculative_drafter(model, B, num_beams, prompt_lookup_num_tokens, max_matching_ngram_size,
+                                   assistant_model, num_assistant_tokens, processors, do_sample, rng, eos)
+    if num_beams > 1 or num_return_sequences > 1:
+        from .beam import beam_search
+
+        if streamer is not None:
+            raise GenerationParameterError("streamer is not supported with num_beams > 1 (as in HF)")
+        out = beam_search(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad, eos,
+                          num_beams, _check_float("length_penalty", length_penalty, -INF, INF, True, True),
+                          early_stopping, num_return_sequences, output_scores)
+        return out if return_dict_in_generate else out.sequences
     if streamer is not None and hasattr(streamer, "put"):
         streamer.put(ids.copy())  # HF streamers receive the prompt first
-    out = _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
-                       streamer, output_scores, output_logprobs, top_logprobs, grammar_rows)
+    if drafter is not None:
+        from .speculative import speculative_loop
+
+        out = speculative_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
+                               streamer, output_scores, output_logprobs, drafter, drafter.num_tokens)
+    else:
+        out = _decode_loop(model, ids, mask, max_new_tokens, processors, criteria, do_sample, rng, pad,
+                           streamer, output_scores, output_logprobs, top_logprobs, grammar_rows)
     if streamer is not None and hasattr(streamer, "end"):
         streamer.end()
     return out if return_dict_in_generate else out.sequences
+
+
+def _speculative_drafter(model, B, num_beams, lookup, max_ngram, assistant, n_assistant, processors,
+                         do_sample, rng, eos):
+    """The drafter for speculative decoding (``npllm.speculative``), or None; arguments checked."""
+    if lookup is None and assistant is None:
+        if max_ngram is not None:
+            raise GenerationParameterError("max_matching_ngram_size needs prompt_lookup_num_tokens")
+        return None
+    from .speculative import AssistantDrafter, PromptLookup
+
+    if lookup is not None and assistant is not None:
+        raise GenerationParameterError("pass prompt_lookup_num_tokens or assistant_model, not both")
+    if B != 1:
+        raise GenerationParameterError(
+            f"prompt_lookup_num_tokens / assistant_model need batch size 1 (as in HF), got {B} rows")
+    if num_beams != 1:
+        raise GenerationParameterError("prompt_lookup_num_tokens / assistant_model need num_beams=1")
+    if getattr(model.config, "rope_switch_length", None) is not None:
+        raise GenerationParameterError(
+            "prompt_lookup_num_tokens / assistant_model do not support LongRoPE models (rope_switch_length)")
+    if lookup is not None:
+        lookup = _check_int("prompt_lookup_num_tokens", lookup, 1)
+        max_ngram = 2 if max_ngram is None else _check_int("max_matching_ngram_size", max_ngram, 1)
+        return PromptLookup(lookup, max_ngram, eos)
+    if max_ngram is not None:
+        raise GenerationParameterError("max_matching_ngram_size needs prompt_lookup_num_tokens")
+    if not hasattr(assistant, "forward") or not hasattr(assistant, "new_cache"):
+        raise GenerationParameterError(f"assistant_model must be an npllm model, got {type(assistant).__name__}")
+    if getattr(assistant.config, "vocab_size", None) != model.config.vocab_size:
+        raise GenerationParameterError(
+            f"assistant_model has vocab_size {getattr(assistant.config, 'vocab_size', None)}, the model "
+            f"{model.config.vocab_size}: they must share the vocabulary")
+    return AssistantDrafter(assistant, _check_int("num_assistant_tokens", n_assistant, 1), processors,
+                            do_sample, rng)
 
 
 CACHE_CHUNK = 256  # positions allocated past the prompt at first; then the buffers double as needed

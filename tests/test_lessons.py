@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LESSON_DIR = ROOT / "lessons"
 LESSON_FILES = ["01_tokens_and_embeddings.md", "02_attention.md", "03_rope_and_norms.md",
                 "04_transformer_block.md", "05_causal_lm_and_generation.md", "06_real_checkpoints.md",
-                "07_speed.md", "08_model_families.md", "09_serving.md"]
+                "07_speed.md", "08_model_families.md", "09_serving.md", "10_decoding.md"]
 DOCS = [f for f in LESSON_FILES if (LESSON_DIR / f).exists()] + ["README.md"]
 
 PATH_RE = re.compile(r"\b((?:npllm|reference|tests|benchmarks|lessons)/[\w/]*\w\.py)\b")

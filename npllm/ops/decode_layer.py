@@ -41,6 +41,14 @@ def _matmul(kind, pl, rows, x, op1):
 
 
 @njit
+def _matmul_rows(kind, pl, rows, x):
+    # x [N, D] @ W.T -> [N, rows], each row as _matmul computes it for one row (MATVEC1)
+    out = np.empty((x.shape[0], rows), np.float32)
+    qk._run(qk.MATVECR, kind, pl, x, out, 0, min(rows, qk._CHUNKS))
+    return out
+
+
+@njit
 def _head_norms(y, start, n_heads, dh, w, eps):
     # RMSNorm of each head in place: y[b, start + h*dh : start + (h+1)*dh] for h < n_heads
     # (the arithmetic of _rms_norm_kernel, so both paths round alike)
@@ -108,6 +116,62 @@ def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_no
     return x + _normed(_matmul(down[0], down[1], down[2], a, op1), ln_mlp_out, eps)
 
 
+@njit
+def _qkv_rows(qkv, h):
+    # _qkv for several tokens of one sequence, each row computed as _qkv computes it alone
+    rows = qkv[0][2] + qkv[1][2] + qkv[2][2]
+    if qkv[1][2] == 0:
+        return _matmul_rows(qkv[0][0], qkv[0][1], rows, h)
+    y = np.empty((h.shape[0], rows), np.float32)
+    r0 = 0
+    for w in qkv:
+        y[:, r0:r0 + w[2]] = _matmul_rows(w[0], w[1], w[2], h)
+        r0 += w[2]
+    return y
+
+
+@njit
+def _verify_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_norm, k_norm, o, gate_up, down,
+                  cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act):
+    # _decode_layer for T new tokens of ONE sequence (x [T, D], cache row 0, cos/sin [T, 1, Dh]):
+    # token t is appended at length + t and attends over the cache up to it, exactly as the t-th
+    # of T decode steps would.  Every row goes through the same kernels with the same operand
+    # layouts as in _decode_layer (matrices: MATVECR = MATVEC1 per row), so the logits are
+    # bit-equal to T decode steps; only the weights are read once instead of T times.
+    T, D = x.shape
+    Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
+    nkv = Hkv * Dh
+    h = np.empty((T, D), np.float32)
+    _rms_norm_kernel(x, ln1, eps, h)
+    y = _qkv_rows(qkv, h)                                            # [T, nq + 2 nkv]
+    nq = y.shape[1] - 2 * nkv
+    if qkv_bias.size:
+        for b in range(T):
+            y[b] += qkv_bias
+    if q_norm.size:
+        _head_norms(y, 0, nq // Dh, Dh, q_norm, eps)
+        _head_norms(y, nq, Hkv, Dh, k_norm, eps)
+    att = np.empty((T, nq), np.float32)
+    rows = np.zeros(1, np.int64)                                     # cache row 0 ...
+    lengths = np.zeros(1, np.int64)                                  # ... holding length + t positions
+    for t in range(T):
+        yt = np.empty((1, y.shape[1]), np.float32)
+        yt[0] = y[t]
+        at = np.empty((1, nq), np.float32)
+        m = np.ascontiguousarray(key_mask[:, :length + t + 1])
+        lengths[0] = length + t
+        _decode_attention_kernel(yt[:, :nq], yt[:, nq:nq + nkv], yt[:, nq + nkv:],
+                                 np.ascontiguousarray(cos[t:t + 1]), np.ascontiguousarray(sin[t:t + 1]),
+                                 k_cache, v_cache, rows, lengths, m, at, scale, softcap, window)
+        att[t] = at[0]
+    x = x + _normed(_matmul_rows(o[0], o[1], o[2], att), ln_attn_out, eps)
+    _rms_norm_kernel(x, ln2, eps, h)
+    gu = _matmul_rows(gate_up[0], gate_up[1], gate_up[2], h)
+    a = np.empty((T, gate_up[2] // 2), np.float32)
+    _glu_fused_kernel(gu, a, act)
+    return x + _normed(_matmul_rows(down[0], down[1], down[2], a), ln_mlp_out, eps)
+
+
 def _weight_args(w):
     return (w.ggml_type, w._addresses(), w.shape[0])
 
@@ -166,3 +230,12 @@ def decode_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
     rows, lengths = cache_rows(x.shape[0], length)
     return _decode_layer(x, *weights, cos, sin, k_cache, v_cache, rows, lengths, key_mask, scale, softcap, window,
                          act, qk.op_for_one())
+
+
+def verify_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
+    """T decode steps of one sequence in one call (x: [T, D] float32, cos/sin [T, 1, Dh] or None),
+    bit-equal to T calls of ``decode_layer``; used by speculative decoding to verify drafts."""
+    weights, (scale, softcap, window, act) = args
+    if cos is None:
+        cos, sin = no_rope(x.shape[0], np.float32)
+    return _verify_layer(x, *weights, cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act)

@@ -28,6 +28,7 @@ from .._jit import njit
 from .formats import BLOCK_LAYOUT, IQ4_NL, IQ4_VALUES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 from .simd import (f16, fload, fstore, vadd, vbits, vf16, vfma, vhi4, vi8, viq4hi, viq4lo, vlo4, vload,
                    vmul, vsplat, vstore, vsum, vzero)
+from .simd import svadd, svfma, svmul, svsum
 
 # ---------------------------------------------------------------------------
 # Shared pieces: reference helpers, planes, kernel helpers
@@ -135,10 +136,10 @@ def _scaled_dot_xs(dtp, xsp, nb):
 @njit
 def _nibble_dot(p, xp, j):
     # sum_i q_i x[j + i] over one block: the 16 bytes at p hold q_i (low nibble) and q_{i+16} (high)
-    s = vmul(vlo4(p, 0), vload(xp, j))
-    s = vfma(vlo4(p, 8), vload(xp, j + 8), s)
-    s = vfma(vhi4(p, 0), vload(xp, j + 16), s)
-    return vfma(vhi4(p, 8), vload(xp, j + 24), s)
+    s = svmul(vlo4(p, 0), vload(xp, j))
+    s = svfma(vlo4(p, 8), vload(xp, j + 8), s)
+    s = svfma(vhi4(p, 0), vload(xp, j + 16), s)
+    return svfma(vhi4(p, 8), vload(xp, j + 24), s)
 
 
 @njit
@@ -166,10 +167,10 @@ def _dequant_q8_0(blocks):
 @njit
 def _q8_block_dot(p, xp, j):
     # sum_i q_i x[j + i] over one block of 32 int8 at p
-    s = vmul(vi8(p, 0), vload(xp, j))
-    s = vfma(vi8(p, 8), vload(xp, j + 8), s)
-    s = vfma(vi8(p, 16), vload(xp, j + 16), s)
-    return vfma(vi8(p, 24), vload(xp, j + 24), s)
+    s = svmul(vi8(p, 0), vload(xp, j))
+    s = svfma(vi8(p, 8), vload(xp, j + 8), s)
+    s = svfma(vi8(p, 16), vload(xp, j + 16), s)
+    return svfma(vi8(p, 24), vload(xp, j + 24), s)
 
 
 @njit
@@ -183,11 +184,11 @@ def _dot_q8_0(pl, r0, r1, xp, dtp, outp):
         acc0 = vzero()  # even / odd blocks (see _dot_q4_1)
         acc1 = vzero()
         for b in range(0, nb - 1, 2):
-            acc0 = vfma(vsplat(fload(dtp, b)), _q8_block_dot(p + 32 * b, xp, 32 * b), acc0)
-            acc1 = vfma(vsplat(fload(dtp, b + 1)), _q8_block_dot(p + 32 * b + 32, xp, 32 * b + 32), acc1)
+            acc0 = svfma(vsplat(fload(dtp, b)), _q8_block_dot(p + 32 * b, xp, 32 * b), acc0)
+            acc1 = svfma(vsplat(fload(dtp, b + 1)), _q8_block_dot(p + 32 * b + 32, xp, 32 * b + 32), acc1)
         if nb % 2:
-            acc0 = vfma(vsplat(fload(dtp, nb - 1)), _q8_block_dot(p + 32 * nb - 32, xp, 32 * nb - 32), acc0)
-        fstore(outp, r, vsum(vadd(acc0, acc1)))
+            acc0 = svfma(vsplat(fload(dtp, nb - 1)), _q8_block_dot(p + 32 * nb - 32, xp, 32 * nb - 32), acc0)
+        fstore(outp, r, svsum(svadd(acc0, acc1)))
 
 
 @njit
@@ -259,11 +260,11 @@ def _dot_q4_1(pl, r0, r1, xp, xsp, dtp, outp):
         acc0 = vzero()  # two accumulators (even / odd blocks): with one, each block's FMA
         acc1 = vzero()  # would wait 4 cycles for the previous one
         for b in range(0, nb - 1, 2):
-            acc0 = vfma(vsplat(fload(dtp, b)), _nibble_dot(p + 16 * b, xp, 32 * b), acc0)
-            acc1 = vfma(vsplat(fload(dtp, b + 1)), _nibble_dot(p + 16 * b + 16, xp, 32 * b + 32), acc1)
+            acc0 = svfma(vsplat(fload(dtp, b)), _nibble_dot(p + 16 * b, xp, 32 * b), acc0)
+            acc1 = svfma(vsplat(fload(dtp, b + 1)), _nibble_dot(p + 16 * b + 16, xp, 32 * b + 32), acc1)
         if nb % 2:
-            acc0 = vfma(vsplat(fload(dtp, nb - 1)), _nibble_dot(p + 16 * nb - 16, xp, 32 * nb - 32), acc0)
-        fstore(outp, r, vsum(vadd(acc0, acc1)) + mx)
+            acc0 = svfma(vsplat(fload(dtp, nb - 1)), _nibble_dot(p + 16 * nb - 16, xp, 32 * nb - 32), acc0)
+        fstore(outp, r, svsum(svadd(acc0, acc1)) + mx)
 
 
 @njit
@@ -425,3 +426,112 @@ def _deq_row_iq4_nl(pl, r, op, nb, dtp):
 
 DEQUANT_REF = {Q8_0: _dequant_q8_0, Q4_0: _dequant_q4_0, Q4_1: _dequant_q4_1, Q5_0: _dequant_q5_0,
                Q5_1: _dequant_q5_1, IQ4_NL: _dequant_iq4_nl}
+
+
+# ---------------------------------------------------------------------------
+# Four inputs at once with the one-input arithmetic (speculative decoding's verify pass):
+# each block's quants are unpacked once and used for four inputs, and every input goes through
+# exactly the operations of _dot_q4_1 / _dot_q8_0 in the same order, so each output is
+# bit-equal to the one-input kernel's.  xs, xss, os: the byte strides between the inputs.
+# ---------------------------------------------------------------------------
+
+
+@njit
+def _dot4(q0, q1, q2, q3, xp, j):
+    # _nibble_dot / _q8_block_dot with the block's quants already unpacked
+    s = svmul(q0, vload(xp, j))
+    s = svfma(q1, vload(xp, j + 8), s)
+    s = svfma(q2, vload(xp, j + 16), s)
+    return svfma(q3, vload(xp, j + 24), s)
+
+
+@njit
+def _dot_q4_1_x4(pl, r0, r1, xp, xs, xsp, xss, dtp, outp, os):
+    qp, qn, dp, dn, mp, mn = pl
+    nb = dn // 2
+    for r in range(r0, r1):
+        m0 = _f16_dot(mp + r * mn, xsp, nb)
+        m1 = _f16_dot(mp + r * mn, xsp + xss, nb)
+        m2 = _f16_dot(mp + r * mn, xsp + 2 * xss, nb)
+        m3 = _f16_dot(mp + r * mn, xsp + 3 * xss, nb)
+        _scales(dp + r * dn, dtp, nb)
+        p = qp + r * qn
+        a0 = vzero()
+        b0 = vzero()
+        a1 = vzero()
+        b1 = vzero()
+        a2 = vzero()
+        b2 = vzero()
+        a3 = vzero()
+        b3 = vzero()
+        for b in range(0, nb - 1, 2):
+            d = vsplat(fload(dtp, b))
+            pb, j = p + 16 * b, 32 * b
+            q0, q1, q2, q3 = vlo4(pb, 0), vlo4(pb, 8), vhi4(pb, 0), vhi4(pb, 8)
+            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
+            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
+            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
+            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
+            d = vsplat(fload(dtp, b + 1))
+            pb, j = pb + 16, j + 32
+            q0, q1, q2, q3 = vlo4(pb, 0), vlo4(pb, 8), vhi4(pb, 0), vhi4(pb, 8)
+            b0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), b0)
+            b1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), b1)
+            b2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), b2)
+            b3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), b3)
+        if nb % 2:
+            d = vsplat(fload(dtp, nb - 1))
+            pb, j = p + 16 * nb - 16, 32 * nb - 32
+            q0, q1, q2, q3 = vlo4(pb, 0), vlo4(pb, 8), vhi4(pb, 0), vhi4(pb, 8)
+            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
+            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
+            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
+            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
+        fstore(outp, r, svsum(svadd(a0, b0)) + m0)
+        fstore(outp + os, r, svsum(svadd(a1, b1)) + m1)
+        fstore(outp + 2 * os, r, svsum(svadd(a2, b2)) + m2)
+        fstore(outp + 3 * os, r, svsum(svadd(a3, b3)) + m3)
+
+
+@njit
+def _dot_q8_0_x4(pl, r0, r1, xp, xs, dtp, outp, os):
+    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
+    nb = dn // 2
+    for r in range(r0, r1):
+        _scales(dp + r * dn, dtp, nb)
+        p = qp + r * qn
+        a0 = vzero()
+        b0 = vzero()
+        a1 = vzero()
+        b1 = vzero()
+        a2 = vzero()
+        b2 = vzero()
+        a3 = vzero()
+        b3 = vzero()
+        for b in range(0, nb - 1, 2):
+            d = vsplat(fload(dtp, b))
+            pb, j = p + 32 * b, 32 * b
+            q0, q1, q2, q3 = vi8(pb, 0), vi8(pb, 8), vi8(pb, 16), vi8(pb, 24)
+            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
+            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
+            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
+            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
+            d = vsplat(fload(dtp, b + 1))
+            pb, j = pb + 32, j + 32
+            q0, q1, q2, q3 = vi8(pb, 0), vi8(pb, 8), vi8(pb, 16), vi8(pb, 24)
+            b0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), b0)
+            b1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), b1)
+            b2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), b2)
+            b3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), b3)
+        if nb % 2:
+            d = vsplat(fload(dtp, nb - 1))
+            pb, j = p + 32 * nb - 32, 32 * nb - 32
+            q0, q1, q2, q3 = vi8(pb, 0), vi8(pb, 8), vi8(pb, 16), vi8(pb, 24)
+            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
+            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
+            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
+            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
+        fstore(outp, r, svsum(svadd(a0, b0)))
+        fstore(outp + os, r, svsum(svadd(a1, b1)))
+        fstore(outp + 2 * os, r, svsum(svadd(a2, b2)))
+        fstore(outp + 3 * os, r, svsum(svadd(a3, b3)))

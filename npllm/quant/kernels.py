@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from .._jit import njit, njit_parallel, prange
-from .blocks32 import (_deq_row_iq4_nl, _deq_row_q4_0, _deq_row_q4_1, _deq_row_q5_0, _deq_row_q5_1,
+from .blocks32 import (_dot_q4_1_x4, _dot_q8_0_x4, _deq_row_iq4_nl, _deq_row_q4_0, _deq_row_q4_1, _deq_row_q5_0, _deq_row_q5_1,
                        _deq_row_q8_0, _dot_iq4_nl, _dot_q4_0, _dot_q4_1, _dot_q5_0, _dot_q5_1, _dot_q8_0)
 from .dense import _deq_row_dense, _dot_dense
 from .formats import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0  # type ids
@@ -83,6 +83,18 @@ def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
         _dot_iq4_xs(pl, r0, r1, xp, outp)
     else:
         _dot_dense(kind, pl, r0, r1, xp, cols, outp)
+
+
+@njit
+def _dot_rows_x4(kind, pl, r0, r1, x, xs, dt, out):
+    """_dot_rows for four inputs at once (x [4, 1, D], xs [4, nb + 1], out [4, R]; Q4_1 and Q8_0
+    only), each output bit-equal to _dot_rows's for that input alone."""
+    xp, xsp, dtp, outp = addr(x), addr(xs), addr(dt), addr(out)
+    xstride, xsstride, ostride = 4 * x.shape[2], 4 * xs.shape[1], 4 * out.shape[1]
+    if kind == Q4_1:
+        _dot_q4_1_x4(pl, r0, r1, xp, xstride, xsp, xsstride, dtp, outp, ostride)
+    else:
+        _dot_q8_0_x4(pl, r0, r1, xp, xstride, dtp, outp, ostride)
 
 
 @njit
@@ -214,7 +226,7 @@ def _deq_dot_rows(kind, pl, r0, r1, x, out, buf, dt, mt):
 # The driver
 # ---------------------------------------------------------------------------
 
-MATVEC1, MATVECN, DEQUANT = 0, 1, 2
+MATVEC1, MATVECN, DEQUANT, MATVECR = 0, 1, 2, 3
 
 
 @njit
@@ -244,10 +256,19 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
     """op MATVEC1: out[0, r] = W[r] . x[0]   (x [1, D], out [1, R]; dequantized in registers)
     op MATVECN: out[n, r] = W[r] . x[n]   (x [N, D], out [N, R]; each row dequantized once)
     op DEQUANT: out[i, :] = W[r0 + i, :]   (out [T, D]; x unused)
+    op MATVECR: out[n, r] = W[r] . x[n]   (x [N, D], out [N, R]; each input row exactly as MATVEC1
+                would compute it alone: speculative decoding's verify pass, npllm.speculative)
     pl: the weight's planes as (address, row stride) pairs (see plane_addresses)."""
     cols = out.shape[1] if op == DEQUANT else x.shape[1]
     n_rows = out.shape[0] if op == DEQUANT else out.shape[1]
-    xs = _block_sums(x, 16 if kind == Q2_K or kind == Q3_K else 32)  # sums of x[0] over blocks of 32 (16)
+    width = 16 if kind == Q2_K or kind == Q3_K else 32
+    xs = _block_sums(x, width)  # sums of x[0] over blocks of 32 (16)
+    n_sep = x.shape[0] if op == MATVECR else 0
+    xrows = np.empty((n_sep, 1, cols), np.float32)  # MATVECR: each input row alone, C-contiguous
+    xsr = np.empty((n_sep, xs.shape[0]), np.float32)  # and its block sums
+    for n in range(n_sep):
+        xrows[n, 0] = x[n]
+        xsr[n] = _block_sums(xrows[n], width)
     for c in prange(n_chunks):
         c0 = c * n_rows // n_chunks
         c1 = (c + 1) * n_rows // n_chunks
@@ -257,6 +278,16 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
             _dot_rows(kind, pl, c0, c1, x, xs, dt, out)
         elif op == MATVECN:
             _deq_dot_rows(kind, pl, c0, c1, x, out, np.empty(2 * cols + 8, np.float32), dt, mt)
+        elif op == MATVECR:  # 16 weight rows at a time stay in L1 while the input rows pass
+            for s0 in range(c0, c1, 16):
+                s1 = min(c1, s0 + 16)
+                n = 0
+                if kind == Q4_1 or kind == Q8_0:  # four inputs per unpacked block, same arithmetic
+                    while n + 4 <= n_sep:
+                        _dot_rows_x4(kind, pl, s0, s1, xrows[n:n + 4], xsr[n:n + 4], dt, out[n:n + 4])
+                        n += 4
+                for n in range(n, n_sep):
+                    _dot_rows(kind, pl, s0, s1, xrows[n], xsr[n], dt, out[n:n + 1])
         else:
             _deq_rows(kind, pl, r0 + c0, r0 + c1, out, c0, dt, mt)
 
@@ -309,6 +340,13 @@ def matvec(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
     """out [N, R] = x [N, D] @ W.T for small N (trusted: float32, C-contiguous, shapes checked)."""
     rows = out.shape[1]
     _run(op_for_one() if x.shape[0] == 1 else MATVECN, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
+
+
+def matvec_rows(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
+    """out [N, R] = x [N, D] @ W.T, each row with MATVEC1's arithmetic (bit-equal to N calls with
+    one row each), reading each chunk of W once for all N rows (trusted like ``matvec``)."""
+    rows = out.shape[1]
+    _run(MATVECR, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
 
 
 _NO_X = np.zeros((1, 32), np.float32)
