@@ -186,6 +186,9 @@ def main(quick: bool = False):
     verify_is_exact(model, tok)
     lookup_is_greedy(model, tok, quick)
     rejection_keeps_p(quick)
+    from . import ex10_structured   # part 3: structured output ([10.S1]-[10.S5])
+
+    ex10_structured.main(quick)
 
 
 if __name__ == "__main__":

@@ -528,7 +528,7 @@ def test_structured_output_runs_with_torch_blocked():
 
 # ============================================================== the lesson's example
 def test_the_lesson_example_runs_and_every_masked_json_validates(capsys):
-    """``lessons/ex10_structured.py`` (until lesson 10 registers it, tests/test_lessons.py does not run it)."""
+    """``lessons/ex10_structured.py`` (part 3 of lesson 10): what it prints holds, not only that it runs."""
     sys.path.insert(0, ROOT)
     from lessons.ex10_structured import main
 
