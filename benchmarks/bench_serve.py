@@ -32,7 +32,10 @@ import httpx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DEFAULT_LLAMA_SERVER = "/work/scratch/llama-build/bin/llama-server"
+# where benchmarks/build_llama_cpp.sh builds it
+DEFAULT_LLAMA_SERVER = os.path.join(os.environ.get("NPLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "npllm"),
+                                    "llama.cpp-" + os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36"),
+                                    "build", "bin", "llama-server")
 TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a city at night", "a forest", "the moon",
           "a library", "a train", "a garden", "a mountain", "a clock"]
 

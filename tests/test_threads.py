@@ -63,7 +63,7 @@ def test_a_quiet_machine_never_probes_fewer_threads():
 
 def test_low_efficiency_without_a_gain_backs_off():
     # the efficiency looks low but 2 threads are still faster: probes get rarer (interval doubles)
-    m = Machine(wall={2: 0.008, 1: 0.014}, eff={2: 0.7, 1: 1.0})
+    m = Machine(wall={2: 0.008, 1: 0.014}, eff={2: 0.6, 1: 1.0})
     gov = governor(m)
     m.run(gov, 4000)
     assert gov.current == 2
