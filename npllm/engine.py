@@ -16,7 +16,7 @@ Batch invariance: a request's greedy tokens are the same whether it runs alone o
 others.  Prefill rows never share a matmul with decode rows, a prompt is cut into the same
 chunks whatever else runs, each decode row writes and reads only its own cache row
 (``SlotCache.batch``), and the engine thread runs in ``kernels.batch_invariant()`` mode,
-where every row of a quantized matmul is computed with the same arithmetic.
+where every row of a quantized matmul gets the single-row kernel's arithmetic (MATVEC1 alone, MATVECR for several).
 
 The engine knows nothing of HTTP (``npllm.serve`` is its web face), so tests drive it
 directly: ``engine.submit(prompt_ids, SamplingParams(...))`` returns a ``Request`` whose

@@ -1,8 +1,8 @@
 """Batch invariance (lesson 09): a row's decode arithmetic does not depend on the other rows.
 
 * The quantized N > 1 matmul (``MATVECN``) gives every input bitwise the same result whatever
-  the batch size and wherever the input sits in it; in ``kernels.batch_invariant()`` mode a
-  single input takes the same kernel.
+  the batch size (N > 1) and wherever the input sits in it; in ``kernels.batch_invariant()`` mode
+  N > 1 takes ``MATVECR``, which gives every input bitwise what ``MATVEC1`` gives it alone.
 * The decode attention kernel with per-row cache rows and lengths (a server's slots) equals the
   masked-softmax reference computed row by row on each row's own prefix.
 """
@@ -34,31 +34,41 @@ def weights():
 
 @settings(max_examples=30, deadline=None)
 @given(qtype=st.sampled_from(TYPES), n=st.integers(1, 15), data=st.data())
-def test_each_input_of_matvecn_is_computed_alike_for_any_batch(weights, qtype, n, data):
+def test_in_batch_invariant_mode_each_input_is_computed_as_if_alone(weights, qtype, n, data):
     w = weights[qtype]
     pos = data.draw(st.integers(0, n - 1))
     seed = data.draw(st.integers(0, 2 ** 16))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
+    alone = w.matmul(x[pos:pos + 1])                         # MATVEC1, in or out of the mode
     with kernels.batch_invariant():
-        alone = w.matmul(x[pos:pos + 1])
+        assert np.array_equal(w.matmul(x[pos:pos + 1]), alone)
         together = w.matmul(x)
     assert np.array_equal(alone[0], together[pos])
-    if n > 1:  # outside the mode too: N > 1 always takes MATVECN
-        assert np.array_equal(w.matmul(x)[pos], alone[0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(qtype=st.sampled_from(TYPES), n=st.integers(2, 15), data=st.data())
+def test_each_input_of_matvecn_is_computed_alike_for_any_batch_of_two_or_more(weights, qtype, n, data):
+    w = weights[qtype]
+    pos = data.draw(st.integers(0, n - 1))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    x = rng.standard_normal((n, w.shape[1])).astype(np.float32)
+    pair = np.stack([x[pos], x[(pos + 1) % n]])
+    assert np.array_equal(w.matmul(x)[pos], w.matmul(pair)[0])
 
 
 def test_batch_invariant_mode_is_per_thread_and_restored(weights):
-    assert kernels.op_for_one() == kernels.MATVEC1
+    assert kernels.op_for_many() == kernels.MATVECN
     with kernels.batch_invariant():
-        assert kernels.op_for_one() == kernels.MATVECN
+        assert kernels.op_for_many() == kernels.MATVECR
         seen = []
         import threading
-        t = threading.Thread(target=lambda: seen.append(kernels.op_for_one()))
+        t = threading.Thread(target=lambda: seen.append(kernels.op_for_many()))
         t.start()
         t.join()
-        assert seen == [kernels.MATVEC1]
-    assert kernels.op_for_one() == kernels.MATVEC1
+        assert seen == [kernels.MATVECN]
+    assert kernels.op_for_many() == kernels.MATVECN
 
 
 def test_decode_attention_with_per_row_lengths_equals_attention_on_each_prefix():

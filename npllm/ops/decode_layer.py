@@ -31,11 +31,11 @@ _NONE = np.zeros(0, np.float32)  # an absent norm weight
 
 
 @njit
-def _matmul(kind, pl, rows, x, op1):
+def _matmul(kind, pl, rows, x, opn):
     # x [B, D] float32 @ W.T -> [B, rows]; W given as (ggml type, plane addresses);
-    # op1: the kernel for B = 1 (MATVEC1, or MATVECN in batch-invariant mode, see kernels.py)
+    # opn: the kernel for B > 1 (MATVECN, or MATVECR in batch-invariant mode, see kernels.py)
     out = np.empty((x.shape[0], rows), np.float32)
-    op = op1 if x.shape[0] == 1 else qk.MATVECN
+    op = qk.MATVEC1 if x.shape[0] == 1 else opn
     qk._run(op, kind, pl, x, out, 0, min(rows, qk._CHUNKS))
     return out
 
@@ -74,22 +74,22 @@ def _normed(x, w, eps):
 
 
 @njit
-def _qkv(qkv, h, op1):
+def _qkv(qkv, h, opn):
     # q|k|v: one fused weight (the other two entries have 0 rows), or three of different types
     rows = qkv[0][2] + qkv[1][2] + qkv[2][2]
     if qkv[1][2] == 0:
-        return _matmul(qkv[0][0], qkv[0][1], rows, h, op1)
+        return _matmul(qkv[0][0], qkv[0][1], rows, h, opn)
     y = np.empty((h.shape[0], rows), np.float32)
     r0 = 0
     for w in qkv:
-        y[:, r0:r0 + w[2]] = _matmul(w[0], w[1], w[2], h, op1)
+        y[:, r0:r0 + w[2]] = _matmul(w[0], w[1], w[2], h, opn)
         r0 += w[2]
     return y
 
 
 @njit
 def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_norm, k_norm, o, gate_up, down,
-                  cos, sin, k_cache, v_cache, rows, lengths, key_mask, scale, softcap, window, act, op1):
+                  cos, sin, k_cache, v_cache, rows, lengths, key_mask, scale, softcap, window, act, opn):
     # qkv: three (ggml type, plane addresses, rows); o, gate_up, down: one each; absent norms: size 0
     # rows, lengths: int64 [B], each batch row's cache row and its stored positions
     B, D = x.shape
@@ -97,7 +97,7 @@ def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_no
     nkv = Hkv * Dh
     h = np.empty((B, D), np.float32)
     _rms_norm_kernel(x, ln1, eps, h)
-    y = _qkv(qkv, h, op1)                                               # [B, nq + 2 nkv]
+    y = _qkv(qkv, h, opn)                                               # [B, nq + 2 nkv]
     nq = y.shape[1] - 2 * nkv
     if qkv_bias.size:
         for b in range(B):
@@ -108,12 +108,12 @@ def _decode_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_no
     att = np.empty((B, nq), np.float32)
     _decode_attention_kernel(y[:, :nq], y[:, nq:nq + nkv], y[:, nq + nkv:], cos, sin,
                              k_cache, v_cache, rows, lengths, key_mask, att, scale, softcap, window)
-    x = x + _normed(_matmul(o[0], o[1], o[2], att, op1), ln_attn_out, eps)   # [B, D]
+    x = x + _normed(_matmul(o[0], o[1], o[2], att, opn), ln_attn_out, eps)   # [B, D]
     _rms_norm_kernel(x, ln2, eps, h)
-    gu = _matmul(gate_up[0], gate_up[1], gate_up[2], h, op1)              # [B, 2F]
+    gu = _matmul(gate_up[0], gate_up[1], gate_up[2], h, opn)              # [B, 2F]
     a = np.empty((B, gate_up[2] // 2), np.float32)
     _glu_fused_kernel(gu, a, act)
-    return x + _normed(_matmul(down[0], down[1], down[2], a, op1), ln_mlp_out, eps)
+    return x + _normed(_matmul(down[0], down[1], down[2], a, opn), ln_mlp_out, eps)
 
 
 @njit
@@ -229,7 +229,7 @@ def decode_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
         cos, sin = no_rope(x.shape[0], np.float32)
     rows, lengths = cache_rows(x.shape[0], length)
     return _decode_layer(x, *weights, cos, sin, k_cache, v_cache, rows, lengths, key_mask, scale, softcap, window,
-                         act, qk.op_for_one())
+                         act, qk.op_for_many())
 
 
 def verify_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):

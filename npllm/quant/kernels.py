@@ -312,17 +312,19 @@ def plane_addresses(planes):
     return tuple(pl)
 
 
-# Batch invariance (lesson 09).  MATVECN computes every (row, input) pair with the same
-# arithmetic, so an input's result does not depend on the other inputs.  MATVEC1 (N = 1) sums
-# in another order: faster, but a request decoded alone would then round differently from the
-# same request decoded beside others.  A server's engine thread turns MATVEC1 off for itself.
+# Batch invariance (lesson 09).  MATVEC1 (one input) and MATVECN (several) sum in different
+# orders, so a request decoded alone would round differently from the same request decoded
+# beside others.  MATVECR computes each of several inputs exactly as MATVEC1 computes it alone
+# (speculative decoding's verify pass needs the same).  A server's engine thread therefore runs
+# in ``batch_invariant()`` mode: one input takes MATVEC1 and several take MATVECR, so every
+# request gets MATVEC1's arithmetic whatever the batch, and a lone request runs at full speed.
 _mode = threading.local()
 
 
 @contextlib.contextmanager
 def batch_invariant():
-    """Within this block, on this thread, N = 1 also takes MATVECN: results per input are then
-    bitwise the same for any batch size."""
+    """Within this block, on this thread, several inputs take MATVECR (each input as MATVEC1
+    computes it alone): results per input are then bitwise the same for any batch size."""
     before = getattr(_mode, "invariant", False)
     _mode.invariant = True
     try:
@@ -331,15 +333,15 @@ def batch_invariant():
         _mode.invariant = before
 
 
-def op_for_one() -> int:
-    """The operation for a single input on this thread: MATVEC1, or MATVECN in ``batch_invariant``."""
-    return MATVECN if getattr(_mode, "invariant", False) else MATVEC1
+def op_for_many() -> int:
+    """The operation for several inputs on this thread: MATVECN, or MATVECR in ``batch_invariant``."""
+    return MATVECR if getattr(_mode, "invariant", False) else MATVECN
 
 
 def matvec(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
     """out [N, R] = x [N, D] @ W.T for small N (trusted: float32, C-contiguous, shapes checked)."""
     rows = out.shape[1]
-    _run(op_for_one() if x.shape[0] == 1 else MATVECN, kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
+    _run(MATVEC1 if x.shape[0] == 1 else op_for_many(), kind, pl, x, out, 0, rows if rows < _CHUNKS else _CHUNKS)
 
 
 def matvec_rows(kind: int, pl, x: np.ndarray, out: np.ndarray) -> None:
