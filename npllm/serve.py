@@ -197,9 +197,13 @@ class _State:
 
 
 def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[int] = None,
-               max_queue: int = 64, model_id: str = "npllm", log=None):
+               max_queue: int = 64, model_id: str = "npllm", log=None, engine_thread: bool = True):
     """The FastAPI app.  ``load()`` returns ``(model, tokenizer)``; it runs in a thread at startup,
-    so /health answers 503 until it is done.  ``ctx_size`` is shared by the slots, as in llama-server."""
+    so /health answers 503 until it is done.  ``ctx_size`` is shared by the slots, as in llama-server.
+
+    ``engine_thread=False``: the app neither loads nor starts the engine; the caller runs
+    ``app.state.load_model()`` and then ``app.state.npllm.engine.run()`` in its own (main) thread,
+    as ``serve`` does."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
@@ -232,7 +236,7 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
             engine = Engine(model, tok, n_slots=n_slots, ctx_per_slot=max(2, ctx_size // n_slots),
                             max_queue=max_queue, threads=threads)
             engine.warm_up()
-            st.engine = engine.start()
+            st.engine = engine.start() if engine_thread else engine
             log(f"npllm serve: model {model_id} ready, {n_slots} slots of {st.engine.ctx} tokens")
         except Exception as e:  # /health reports it
             st.error = f"{type(e).__name__}: {e}"
@@ -240,12 +244,14 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        threading.Thread(target=load_model, name="npllm-load", daemon=True).start()
+        if engine_thread:
+            threading.Thread(target=load_model, name="npllm-load", daemon=True).start()
         yield
         if st.engine is not None:
             st.engine.shutdown()
 
     app = FastAPI(title="npllm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.load_model, app.state.npllm = load_model, st
 
     def err(status, message, kind, param=None, headers=None):
         return JSONResponse(error_body(message, kind, param, status), status_code=status, headers=headers)
@@ -617,7 +623,7 @@ def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 8080
 
     model_id = os.path.basename(model) if model else "smollm2-135m-instruct"
     app = create_app(loader, n_slots=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,
-                     model_id=model_id)
+                     model_id=model_id, engine_thread=False)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -632,18 +638,28 @@ def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 8080
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):
-            # uvicorn re-raises the signal after a graceful shutdown (exit status 143); npllm drains,
-            # then exits 0.
-            previous = {s: signal.signal(s, lambda *_: self.handle_exit(s, None)) for s in
-                        (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for s, h in previous.items():
-                    signal.signal(s, h)
+            # The HTTP server runs in a thread, where signals cannot be caught; the main thread's
+            # handlers below ask it to stop.  (uvicorn's own would re-raise the signal after a
+            # graceful shutdown, exit status 143; npllm drains, then exits 0.)
+            yield
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30,
                             lifespan="on")
-    Server(config).run(sockets=[sock])
+    server = Server(config)
+    http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="npllm-http", daemon=True)
+    previous = {s: signal.signal(s, lambda *_: server.handle_exit(s, None)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        http.start()
+        # The engine (loading, warm-up, then the scheduler loop) runs here in the main thread: Numba's
+        # OpenMP kernels launched from another thread run much slower (Engine.run).  /health is 503
+        # until load_model has set the engine.  The loop ends when the app's shutdown has drained it.
+        app.state.load_model()
+        engine = app.state.npllm.engine
+        if engine is not None:
+            engine.run(until=lambda: not http.is_alive())
+        http.join()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
     print("npllm serve: stopped", file=sys.stderr, flush=True)
     return 0
