@@ -53,6 +53,24 @@ def test_vocab_dir():
         pytest.fail(f"cannot fetch llama.cpp's test vocabularies ({e}); run: python tests/fetch_test_vocab.py")
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine every parallel launch
+    waits for a free core: a module that uses this (``pytestmark = pytest.mark.usefixtures(
+    "single_thread")``) runs torch, Numba and BLAS single-threaded."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(torch_threads)
+    numba.set_num_threads(numba_threads)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -18,18 +18,7 @@ MAX_NEW = 10
 PAD = 96  # nonzero: HF fills finished beams with `pad_token_id or eos`, so 0 would mean EOS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(torch_threads)
-    numba.set_num_threads(numba_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

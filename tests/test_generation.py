@@ -20,20 +20,7 @@ V = 97
 MAX_NEW = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine every
-    parallel launch waits for a free core: run this module single-threaded."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(torch_threads)
-    numba.set_num_threads(numba_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
