@@ -145,6 +145,16 @@ def greedy(engine, prompts, new_tokens, capacity):
     return np.stack(out, axis=1), time.perf_counter() - t
 
 
+def sampled(engine, ids, new_tokens, capacity, sample):
+    """Batch-1 decode where each token is drawn by the engine's own sampler chain (``sample``);
+    times the new_tokens - 1 decode steps and their sampling."""
+    tok = sample(engine.start([ids], capacity)[0])
+    t = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        tok = sample(engine.step([tok])[0])
+    return time.perf_counter() - t
+
+
 def child_main(args):
     res = {"engine": args.child, "phase": args.phase, "ok": False, "pid": os.getpid()}
     try:
@@ -177,6 +187,14 @@ def child_main(args):
             res["decode_b1_tok_s"] = (args.new_tokens - 1) / dt
             res["b1_tokens"] = toks[0].tolist()
             res["b1_text"] = engine.decode(toks[0].tolist())
+
+            # Sampled decode with the CLI defaults (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05),
+            # each engine through its own sampler chain; EOS ignored, as everywhere here.
+            if hasattr(engine, "sampler"):
+                sample = engine.sampler(0.8, 40, 0.95, 0.05, 0)
+                sampled(engine, ids, min(8, args.new_tokens), capacity, sample)          # warm-up
+                res["decode_sampled_tok_s"] = (args.new_tokens - 1) / sampled(engine, ids, args.new_tokens,
+                                                                               capacity, sample)
 
             long_ids = []
             while len(long_ids) < args.prefill_tokens:
@@ -286,6 +304,7 @@ def run_round(args, engine):
 
 COLUMNS = [  # result key, header, number format
     ("decode_b1_tok_s", "decode b1 (tok/s)", "{:.1f}"),
+    ("decode_sampled_tok_s", "decode b1 sampled, CLI defaults (tok/s)", "{:.1f}"),
     ("prefill_tok_s", "prefill 512 (tok/s)", "{:.0f}"),
     ("decode_b8_tok_s", "decode b8 aggregate (tok/s)", "{:.1f}"),
     ("decode_long_tok_s", "decode b1 at 2048 context (tok/s)", "{:.1f}"),

@@ -102,6 +102,17 @@ class NpllmEngine(Engine):
             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return logits[:, -1]
 
+    def sampler(self, temperature, top_k, top_p, min_p, seed):
+        """A function logits [V] -> token: npllm's processor chain, as ``npllm generate`` builds it
+        (temperature -> top-k -> top-p -> min-p, the fused path), then a draw."""
+        from npllm import sampling
+
+        chain = sampling.build_processors(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p,
+                                          min_p=min_p)
+        rng = np.random.default_rng(seed)
+        none = np.zeros((1, 0), np.int64)   # no penalty in the chain: the history is not read
+        return lambda logits: int(sampling.sample(chain(none, logits[None, :]), rng)[0])
+
     def versions(self):
         import numba
 
@@ -245,6 +256,20 @@ class LlamaCppEngine(Engine):
             self.pos[s] += 1
         self._decode(entries)
         return self._logits(range(len(entries)))
+
+    def sampler(self, temperature, top_k, top_p, min_p, seed):
+        """A function (ignored logits) -> token: llama.cpp's own sampler chain, as llama-cli's
+        defaults order it (top-k -> top-p -> min-p -> temperature -> dist), sampling the last
+        decoded position straight from the context."""
+        lc = self.lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(top_k))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(min_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        self._chain = chain   # kept alive with the engine
+        return lambda logits: int(lc.llama_sampler_sample(chain, self.ctx, -1))
 
     def versions(self):
         lc = self.lc
