@@ -295,7 +295,9 @@ def _prepare(input_path, output_path, defaults, tok, context):
             continue
         schema = record.params.get("json_schema")
         if schema is not None:
-            problem = schemas[schema] if schema in schemas else schemas.setdefault(schema, _schema_problem(tok, schema))
+            if schema not in schemas:
+                schemas[schema] = _schema_problem(tok, schema)
+            problem = schemas[schema]
             if problem:
                 errors.append({"id": record.id, "line": n, "error": problem})
                 continue
