@@ -266,14 +266,19 @@ def test_abandoned_streams_free_their_slots(server, client):
 
 
 def test_a_non_streaming_client_that_leaves_frees_its_slot(server):
-    body = {"model": "m", "prompt": "Tell me a very long story.", "max_tokens": 400, "temperature": 0,
-            "ignore_eos": True}
+    # 4 choices of 500 tokens each take seconds on any CPU; the client leaves after 1 s of silence.
+    n, max_tokens = 4, 500
+    body = {"model": "m", "prompt": "Tell me a very long story.", "max_tokens": max_tokens, "temperature": 0.8,
+            "n": n, "ignore_eos": True}
+    before = _metric(server, "npllm_completion_tokens_total")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server["base"] + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=3))
+        httpx.post(server["base"] + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=1))
     t0 = time.time()
     while _metric(server, "npllm_busy_slots") > 0:
         assert time.time() - t0 < 10, "the slot of a client that went away is still busy"
         time.sleep(0.1)
+    # had the request run to its end, all n * max_tokens tokens would have been made
+    assert _metric(server, "npllm_completion_tokens_total") - before < n * max_tokens
 
 
 def test_12_clients_times_3_requests_all_arrive_intact(client, alone):
