@@ -1,20 +1,25 @@
 """Lesson 09 (serving): ``npllm serve`` beside llama.cpp's ``llama-server`` on the same GGUF.
 
-Both servers get the same model file, threads, parallel slots and context.  For 1, 4 and 8
-concurrent clients, each client sends ``--requests`` streamed greedy completions one after
-another (``ignore_eos``, so every request decodes exactly ``--max-tokens`` tokens; each prompt
-is different and llama-server's prompt cache is turned off per request, so both prefill every
-prompt).  Reported per engine and concurrency:
+Both servers get the same model file, threads, parallel slots and context, and both run side by
+side for the whole benchmark (an idle server costs nothing).  For 1, 4 and 8 concurrent clients,
+each client sends ``--requests`` streamed greedy completions one after another (``ignore_eos``,
+so every request decodes exactly ``--max-tokens`` tokens; each prompt is different and
+llama-server's prompt cache is turned off per request, so both prefill every prompt).  The
+levels run in ``--rounds`` rounds; within a round each level runs on one engine and then the
+other, the order alternating round by round, so a slow spell of a shared machine hits both.
+Reported per engine and concurrency, as medians over the rounds:
 
-    aggregate tok/s   all completion tokens / wall time of the whole level
+    aggregate tok/s   all completion tokens / wall time of the level
     TTFT p50          request sent -> first streamed token
     latency p50/p99   request sent -> [DONE]
 
-and the ratios npllm / llama-server from the same run.  Results go to
+and the ratios npllm / llama-server of those medians.  The clients are plain sockets that read
+the SSE stream and parse only the chunks they need (the first text, the usage), so the client
+threads take little of the two cores the servers share with them.  Results go to
 ``benchmarks/results/serve.json``.
 
     python benchmarks/bench_serve.py --llama-server /path/to/llama-server
-    python benchmarks/bench_serve.py --engines npllm --clients 1 2 --max-tokens 8 --requests 1   # smoke
+    python benchmarks/bench_serve.py --engines npllm --clients 1 2 --max-tokens 8 --requests 1 --rounds 1   # smoke
 """
 
 import argparse
@@ -72,29 +77,64 @@ def start_server(engine, args, model_path, port, log):
         time.sleep(0.25)
 
 
+def _body_lines(f):
+    """The lines of an HTTP response body (after the status line), chunked or not."""
+    chunked = False
+    for line in f:
+        if line in (b"\r\n", b"\n"):
+            break
+        if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+            chunked = True
+    if not chunked:
+        yield from f
+        return
+    pending = b""
+    while True:
+        size = int(f.readline().split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        pending += f.read(size)
+        f.readline()  # the CRLF after the chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
 def one_request(base, prompt, max_tokens):
-    """Stream one completion; returns (ttft s, latency s, completion tokens)."""
-    body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True, "cache_prompt": False, "stream_options": {"include_usage": True}}
+    """Stream one completion; returns (ttft s, latency s, completion tokens).  A raw HTTP/1.1
+    request on a socket: per streamed line only a prefix test, JSON only for the first text
+    chunk and the usage chunk."""
+    host, port = base.rsplit("//", 1)[1].split(":")
+    body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                       "stream": True, "ignore_eos": True, "cache_prompt": False,
+                       "stream_options": {"include_usage": True}}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     t0 = time.perf_counter()
-    ttft, tokens, usage = None, 0, None
-    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: "):
+    ttft, chunks, usage = None, 0, None
+    with socket.create_connection((host, int(port)), timeout=600) as sock:
+        sock.sendall(head + body)
+        f = sock.makefile("rb")
+        status = f.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"HTTP status {status.decode(errors='replace').strip()}")
+        for line in _body_lines(f):
+            if not line.startswith(b"data: "):
                 continue
-            data = line[6:]
-            if data.strip() == "[DONE]":
+            data = line[6:].strip()
+            if data == b"[DONE]":
                 break
-            chunk = json.loads(data)
-            if chunk.get("usage"):
-                usage = chunk["usage"].get("completion_tokens")
-            for c in chunk.get("choices") or []:
-                if c.get("text"):
-                    tokens += 1
-                    if ttft is None:
-                        ttft = time.perf_counter() - t0
-    return ttft, time.perf_counter() - t0, usage if usage is not None else tokens
+            if b'"usage"' in data and b'"completion_tokens"' in data:
+                u = json.loads(data).get("usage")
+                if u:
+                    usage = u.get("completion_tokens")
+                    continue
+            chunks += 1
+            if ttft is None and json.loads(data)["choices"][0].get("text"):
+                ttft = time.perf_counter() - t0
+    return ttft, time.perf_counter() - t0, usage if usage is not None else chunks
 
 
 def percentile(xs, q):
@@ -131,6 +171,20 @@ def run_level(base, clients, requests, max_tokens):
             "latency_p99_s": round(percentile(lat, 99), 3) if lat else None}
 
 
+def median_level(levels):
+    """One level's rounds -> the medians of each figure, and every round's tok/s."""
+    def med(key):
+        xs = [lv[key] for lv in levels if lv[key] is not None]
+        return round(statistics.median(xs), 4) if xs else None
+
+    return {"clients": levels[0]["clients"], "rounds": len(levels),
+            "requests": sum(lv["requests"] for lv in levels), "errors": sum((lv["errors"] for lv in levels), []),
+            "completion_tokens": sum(lv["completion_tokens"] for lv in levels),
+            "aggregate_tok_s": med("aggregate_tok_s"), "ttft_p50_s": med("ttft_p50_s"),
+            "latency_p50_s": med("latency_p50_s"), "latency_p99_s": med("latency_p99_s"),
+            "aggregate_tok_s_rounds": [lv["aggregate_tok_s"] for lv in levels]}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="alias or .gguf path (both engines)")
@@ -142,6 +196,7 @@ def main(argv=None):
     p.add_argument("--clients", type=int, nargs="*", default=[1, 4, 8])
     p.add_argument("--requests", type=int, default=3, help="requests per client at each level")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of all levels, engines alternating")
     p.add_argument("--out", default=os.path.join(HERE, "results", "serve.json"))
     args = p.parse_args(argv)
 
@@ -154,29 +209,41 @@ def main(argv=None):
         sys.exit(f"bench_serve: --llama-server {args.llama_server} is not an executable; build it or pass "
                  "--engines npllm")
     out = {"model": model_path, "threads": args.threads, "parallel": args.parallel, "ctx_size": args.ctx_size,
-           "max_tokens": args.max_tokens, "requests_per_client": args.requests, "engines": {}}
-    for engine in engines:
-        port = free_port()
-        log_path = os.path.join(tempfile.gettempdir(), f"bench_serve_{engine}.log")
-        with open(log_path, "w") as log:
-            proc = start_server(engine, args, model_path, port, log)
-            base = f"http://127.0.0.1:{port}"
+           "max_tokens": args.max_tokens, "requests_per_client": args.requests, "rounds": args.rounds,
+           "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "engines": {}}
+    servers, logs = {}, []
+    try:
+        for engine in engines:
+            port = free_port()
+            log = open(os.path.join(tempfile.gettempdir(), f"bench_serve_{engine}.log"), "w")
+            logs.append(log)
+            servers[engine] = (start_server(engine, args, model_path, port, log), f"http://127.0.0.1:{port}")
+            for prompt in ("Warm-up: say hello.", "Warm-up: write a long story about a lighthouse at night."):
+                one_request(servers[engine][1], prompt, 4)  # load compiled code, fault in the weights: untimed
+        runs = {e: {c: [] for c in args.clients} for e in engines}
+        for rnd in range(args.rounds):
+            for c in args.clients:
+                for engine in (engines if rnd % 2 == 0 else engines[::-1]):
+                    level = run_level(servers[engine][1], c, args.requests, args.max_tokens)
+                    runs[engine][c].append(level)
+                    print(f"round {rnd + 1} {engine:13s} {c} client(s): {level['aggregate_tok_s']:7.1f} tok/s  "
+                          f"TTFT p50 {level['ttft_p50_s']} s  latency p50 {level['latency_p50_s']} s "
+                          f"p99 {level['latency_p99_s']} s", flush=True)
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
             try:
-                for prompt in ("Warm-up: say hello.", "Warm-up: write a long story about a lighthouse at night."):
-                    one_request(base, prompt, 4)  # load compiled code, fault in the weights: untimed
-                levels = []
-                for c in args.clients:
-                    levels.append(run_level(base, c, args.requests, args.max_tokens))
-                    print(f"{engine:13s} {c} client(s): {levels[-1]['aggregate_tok_s']:7.1f} tok/s  "
-                          f"TTFT p50 {levels[-1]['ttft_p50_s']} s  latency p50 {levels[-1]['latency_p50_s']} s "
-                          f"p99 {levels[-1]['latency_p99_s']} s", flush=True)
-                out["engines"][engine] = levels
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+    for engine in engines:
+        out["engines"][engine] = [median_level(runs[engine][c]) for c in args.clients]
+        for level in out["engines"][engine]:
+            print(f"{engine:13s} {level['clients']} client(s), medians: {level['aggregate_tok_s']:7.1f} tok/s  "
+                  f"TTFT p50 {level['ttft_p50_s']} s  latency p50 {level['latency_p50_s']} s "
+                  f"p99 {level['latency_p99_s']} s")
     if "npllm" in out["engines"] and "llama-server" in out["engines"]:
         ratios = []
         for a, b in zip(out["engines"]["npllm"], out["engines"]["llama-server"]):

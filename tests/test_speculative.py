@@ -106,16 +106,16 @@ def test_matvec_rows_equals_one_matvec_per_row():
     from npllm.quant.kernels import matvec, matvec_rows
 
     rng = np.random.default_rng(0)
-    for kind, block_bytes in ((Q8_0, 34), (Q4_1, 20)):
-        rows, cols = 70, 576
+    for (kind, block_bytes), cols in itertools.product(((Q8_0, 34), (Q4_1, 20)), (576, 544)):
+        rows = 70  # cols 544: an odd number of blocks (the kernels pair blocks: even / odd)
         raw = rng.integers(0, 256, (rows, cols // 32 * block_bytes), dtype=np.uint8)
         raw[:, 1::block_bytes] = 0x20  # fp16 scales (and Q4_1's minimum) of modest size: finite
         raw[:, 3::block_bytes] = 0x20
         w = QuantizedWeight.from_raw(raw, kind, (rows, cols))
-        x = rng.standard_normal((9, cols)).astype(np.float32)  # two groups of four, and one alone
-        got = np.empty((9, rows), np.float32)
+        x = rng.standard_normal((13, cols)).astype(np.float32)  # a group of eight, one of four, one alone
+        got = np.empty((13, rows), np.float32)
         matvec_rows(kind, w._addresses(), x, got)
-        for n in range(9):
+        for n in range(13):
             one = np.empty((1, rows), np.float32)
             matvec(kind, w._addresses(), np.ascontiguousarray(x[n:n + 1]), one)
             np.testing.assert_array_equal(got[n], one[0])

@@ -28,7 +28,7 @@ from .._jit import njit
 from .formats import BLOCK_LAYOUT, IQ4_NL, IQ4_VALUES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 from .simd import (f16, fload, fstore, vadd, vbits, vf16, vfma, vhi4, vi8, viq4hi, viq4lo, vlo4, vload,
                    vmul, vsplat, vstore, vsum, vzero)
-from .simd import svadd, svfma, svmul, svsum
+from .simd import svadd, svfma, svmul, svsum, swadd, swfma, swmul, swsum, whi4, wi8, wlo4, wload, wsplat, wzero
 
 # ---------------------------------------------------------------------------
 # Shared pieces: reference helpers, planes, kernel helpers
@@ -134,6 +134,19 @@ def _scaled_dot_xs(dtp, xsp, nb):
 
 
 @njit
+def _halves_dot(lo, hi, xp, j):
+    # lo . x[j : j + 16] + hi . x[j + 16 : j + 32]: one 32-value block as two 16-lane halves
+    # (lo: a nibble block's low nibbles or a Q8_0 block's first 16 quants; hi: the others)
+    return swfma(hi, wload(xp, j + 16), swmul(lo, wload(xp, j)))
+
+
+@njit
+def _nibble_dot16(p, xp, j):
+    # _nibble_dot's sum in 16 lanes: the low nibbles are values 0..15, the high ones 16..31
+    return _halves_dot(wlo4(p, 0), whi4(p, 0), xp, j)
+
+
+@njit
 def _nibble_dot(p, xp, j):
     # sum_i q_i x[j + i] over one block: the 16 bytes at p hold q_i (low nibble) and q_{i+16} (high)
     s = svmul(vlo4(p, 0), vload(xp, j))
@@ -166,11 +179,8 @@ def _dequant_q8_0(blocks):
 
 @njit
 def _q8_block_dot(p, xp, j):
-    # sum_i q_i x[j + i] over one block of 32 int8 at p
-    s = svmul(vi8(p, 0), vload(xp, j))
-    s = svfma(vi8(p, 8), vload(xp, j + 8), s)
-    s = svfma(vi8(p, 16), vload(xp, j + 16), s)
-    return svfma(vi8(p, 24), vload(xp, j + 24), s)
+    # sum_i q_i x[j + i] over one block of 32 int8 at p, as two 16-lane halves
+    return _halves_dot(wi8(p, 0), wi8(p, 16), xp, j)
 
 
 @njit
@@ -181,14 +191,14 @@ def _dot_q8_0(pl, r0, r1, xp, dtp, outp):
     for r in range(r0, r1):
         _scales(dp + r * dn, dtp, nb)
         p = qp + r * qn
-        acc0 = vzero()  # even / odd blocks (see _dot_q4_1)
-        acc1 = vzero()
+        acc0 = wzero()  # even / odd blocks (see _dot_q4_1)
+        acc1 = wzero()
         for b in range(0, nb - 1, 2):
-            acc0 = svfma(vsplat(fload(dtp, b)), _q8_block_dot(p + 32 * b, xp, 32 * b), acc0)
-            acc1 = svfma(vsplat(fload(dtp, b + 1)), _q8_block_dot(p + 32 * b + 32, xp, 32 * b + 32), acc1)
+            acc0 = swfma(wsplat(fload(dtp, b)), _q8_block_dot(p + 32 * b, xp, 32 * b), acc0)
+            acc1 = swfma(wsplat(fload(dtp, b + 1)), _q8_block_dot(p + 32 * b + 32, xp, 32 * b + 32), acc1)
         if nb % 2:
-            acc0 = svfma(vsplat(fload(dtp, nb - 1)), _q8_block_dot(p + 32 * nb - 32, xp, 32 * nb - 32), acc0)
-        fstore(outp, r, svsum(svadd(acc0, acc1)))
+            acc0 = swfma(wsplat(fload(dtp, nb - 1)), _q8_block_dot(p + 32 * nb - 32, xp, 32 * nb - 32), acc0)
+        fstore(outp, r, swsum(swadd(acc0, acc1)))
 
 
 @njit
@@ -257,14 +267,14 @@ def _dot_q4_1(pl, r0, r1, xp, xsp, dtp, outp):
         mx = _f16_dot(mp + r * mn, xsp, nb)
         _scales(dp + r * dn, dtp, nb)
         p = qp + r * qn
-        acc0 = vzero()  # two accumulators (even / odd blocks): with one, each block's FMA
-        acc1 = vzero()  # would wait 4 cycles for the previous one
+        acc0 = wzero()  # two accumulators (even / odd blocks): with one, each block's FMA
+        acc1 = wzero()  # would wait 4 cycles for the previous one
         for b in range(0, nb - 1, 2):
-            acc0 = svfma(vsplat(fload(dtp, b)), _nibble_dot(p + 16 * b, xp, 32 * b), acc0)
-            acc1 = svfma(vsplat(fload(dtp, b + 1)), _nibble_dot(p + 16 * b + 16, xp, 32 * b + 32), acc1)
+            acc0 = swfma(wsplat(fload(dtp, b)), _nibble_dot16(p + 16 * b, xp, 32 * b), acc0)
+            acc1 = swfma(wsplat(fload(dtp, b + 1)), _nibble_dot16(p + 16 * b + 16, xp, 32 * b + 32), acc1)
         if nb % 2:
-            acc0 = svfma(vsplat(fload(dtp, nb - 1)), _nibble_dot(p + 16 * nb - 16, xp, 32 * nb - 32), acc0)
-        fstore(outp, r, svsum(svadd(acc0, acc1)) + mx)
+            acc0 = swfma(wsplat(fload(dtp, nb - 1)), _nibble_dot16(p + 16 * nb - 16, xp, 32 * nb - 32), acc0)
+        fstore(outp, r, swsum(swadd(acc0, acc1)) + mx)
 
 
 @njit
@@ -429,20 +439,12 @@ DEQUANT_REF = {Q8_0: _dequant_q8_0, Q4_0: _dequant_q4_0, Q4_1: _dequant_q4_1, Q5
 
 
 # ---------------------------------------------------------------------------
-# Four inputs at once with the one-input arithmetic (speculative decoding's verify pass):
-# each block's quants are unpacked once and used for four inputs, and every input goes through
-# exactly the operations of _dot_q4_1 / _dot_q8_0 in the same order, so each output is
-# bit-equal to the one-input kernel's.  xs, xss, os: the byte strides between the inputs.
+# Four inputs at once with the one-input arithmetic (speculative decoding's verify pass, and
+# the server's batch-invariant decode): each block's quants are unpacked once and used for four
+# inputs, and every input goes through exactly the operations of _dot_q4_1 / _dot_q8_0 in the
+# same order, so each output is bit-equal to the one-input kernel's.  xs, xss, os: the byte
+# strides between the inputs.
 # ---------------------------------------------------------------------------
-
-
-@njit
-def _dot4(q0, q1, q2, q3, xp, j):
-    # _nibble_dot / _q8_block_dot with the block's quants already unpacked
-    s = svmul(q0, vload(xp, j))
-    s = svfma(q1, vload(xp, j + 8), s)
-    s = svfma(q2, vload(xp, j + 16), s)
-    return svfma(q3, vload(xp, j + 24), s)
 
 
 @njit
@@ -456,41 +458,41 @@ def _dot_q4_1_x4(pl, r0, r1, xp, xs, xsp, xss, dtp, outp, os):
         m3 = _f16_dot(mp + r * mn, xsp + 3 * xss, nb)
         _scales(dp + r * dn, dtp, nb)
         p = qp + r * qn
-        a0 = vzero()
-        b0 = vzero()
-        a1 = vzero()
-        b1 = vzero()
-        a2 = vzero()
-        b2 = vzero()
-        a3 = vzero()
-        b3 = vzero()
+        a0 = wzero()
+        b0 = wzero()
+        a1 = wzero()
+        b1 = wzero()
+        a2 = wzero()
+        b2 = wzero()
+        a3 = wzero()
+        b3 = wzero()
         for b in range(0, nb - 1, 2):
-            d = vsplat(fload(dtp, b))
+            d = wsplat(fload(dtp, b))
             pb, j = p + 16 * b, 32 * b
-            q0, q1, q2, q3 = vlo4(pb, 0), vlo4(pb, 8), vhi4(pb, 0), vhi4(pb, 8)
-            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
-            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
-            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
-            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
-            d = vsplat(fload(dtp, b + 1))
+            lo, hi = wlo4(pb, 0), whi4(pb, 0)
+            a0 = swfma(d, _halves_dot(lo, hi, xp, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+            d = wsplat(fload(dtp, b + 1))
             pb, j = pb + 16, j + 32
-            q0, q1, q2, q3 = vlo4(pb, 0), vlo4(pb, 8), vhi4(pb, 0), vhi4(pb, 8)
-            b0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), b0)
-            b1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), b1)
-            b2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), b2)
-            b3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), b3)
+            lo, hi = wlo4(pb, 0), whi4(pb, 0)
+            b0 = swfma(d, _halves_dot(lo, hi, xp, j), b0)
+            b1 = swfma(d, _halves_dot(lo, hi, xp + xs, j), b1)
+            b2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), b2)
+            b3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), b3)
         if nb % 2:
-            d = vsplat(fload(dtp, nb - 1))
+            d = wsplat(fload(dtp, nb - 1))
             pb, j = p + 16 * nb - 16, 32 * nb - 32
-            q0, q1, q2, q3 = vlo4(pb, 0), vlo4(pb, 8), vhi4(pb, 0), vhi4(pb, 8)
-            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
-            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
-            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
-            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
-        fstore(outp, r, svsum(svadd(a0, b0)) + m0)
-        fstore(outp + os, r, svsum(svadd(a1, b1)) + m1)
-        fstore(outp + 2 * os, r, svsum(svadd(a2, b2)) + m2)
-        fstore(outp + 3 * os, r, svsum(svadd(a3, b3)) + m3)
+            lo, hi = wlo4(pb, 0), whi4(pb, 0)
+            a0 = swfma(d, _halves_dot(lo, hi, xp, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+        fstore(outp, r, swsum(swadd(a0, b0)) + m0)
+        fstore(outp + os, r, swsum(swadd(a1, b1)) + m1)
+        fstore(outp + 2 * os, r, swsum(swadd(a2, b2)) + m2)
+        fstore(outp + 3 * os, r, swsum(swadd(a3, b3)) + m3)
 
 
 @njit
@@ -500,38 +502,187 @@ def _dot_q8_0_x4(pl, r0, r1, xp, xs, dtp, outp, os):
     for r in range(r0, r1):
         _scales(dp + r * dn, dtp, nb)
         p = qp + r * qn
-        a0 = vzero()
-        b0 = vzero()
-        a1 = vzero()
-        b1 = vzero()
-        a2 = vzero()
-        b2 = vzero()
-        a3 = vzero()
-        b3 = vzero()
+        a0 = wzero()
+        b0 = wzero()
+        a1 = wzero()
+        b1 = wzero()
+        a2 = wzero()
+        b2 = wzero()
+        a3 = wzero()
+        b3 = wzero()
         for b in range(0, nb - 1, 2):
-            d = vsplat(fload(dtp, b))
+            d = wsplat(fload(dtp, b))
             pb, j = p + 32 * b, 32 * b
-            q0, q1, q2, q3 = vi8(pb, 0), vi8(pb, 8), vi8(pb, 16), vi8(pb, 24)
-            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
-            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
-            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
-            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
-            d = vsplat(fload(dtp, b + 1))
+            lo, hi = wi8(pb, 0), wi8(pb, 16)
+            a0 = swfma(d, _halves_dot(lo, hi, xp, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+            d = wsplat(fload(dtp, b + 1))
             pb, j = pb + 32, j + 32
-            q0, q1, q2, q3 = vi8(pb, 0), vi8(pb, 8), vi8(pb, 16), vi8(pb, 24)
-            b0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), b0)
-            b1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), b1)
-            b2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), b2)
-            b3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), b3)
+            lo, hi = wi8(pb, 0), wi8(pb, 16)
+            b0 = swfma(d, _halves_dot(lo, hi, xp, j), b0)
+            b1 = swfma(d, _halves_dot(lo, hi, xp + xs, j), b1)
+            b2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), b2)
+            b3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), b3)
         if nb % 2:
-            d = vsplat(fload(dtp, nb - 1))
+            d = wsplat(fload(dtp, nb - 1))
             pb, j = p + 32 * nb - 32, 32 * nb - 32
-            q0, q1, q2, q3 = vi8(pb, 0), vi8(pb, 8), vi8(pb, 16), vi8(pb, 24)
-            a0 = svfma(d, _dot4(q0, q1, q2, q3, xp, j), a0)
-            a1 = svfma(d, _dot4(q0, q1, q2, q3, xp + xs, j), a1)
-            a2 = svfma(d, _dot4(q0, q1, q2, q3, xp + 2 * xs, j), a2)
-            a3 = svfma(d, _dot4(q0, q1, q2, q3, xp + 3 * xs, j), a3)
-        fstore(outp, r, svsum(svadd(a0, b0)))
-        fstore(outp + os, r, svsum(svadd(a1, b1)))
-        fstore(outp + 2 * os, r, svsum(svadd(a2, b2)))
-        fstore(outp + 3 * os, r, svsum(svadd(a3, b3)))
+            lo, hi = wi8(pb, 0), wi8(pb, 16)
+            a0 = swfma(d, _halves_dot(lo, hi, xp, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+        fstore(outp, r, swsum(swadd(a0, b0)))
+        fstore(outp + os, r, swsum(swadd(a1, b1)))
+        fstore(outp + 2 * os, r, swsum(swadd(a2, b2)))
+        fstore(outp + 3 * os, r, swsum(swadd(a3, b3)))
+
+
+@njit
+def _dot_q4_1_x8(pl, r0, r1, xp, xs, xsp, xss, dtp, outp, os):
+    # eight inputs per unpacked block (_dot_q4_1's arithmetic for each; AVX-512 has the 32
+    # registers that 16 accumulators, the two halves and the scale need)
+    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
+    mp, mn = pl[4], pl[5]
+    nb = dn // 2
+    for r in range(r0, r1):
+        m0 = _f16_dot(mp + r * mn, xsp + 0 * xss, nb)
+        m1 = _f16_dot(mp + r * mn, xsp + 1 * xss, nb)
+        m2 = _f16_dot(mp + r * mn, xsp + 2 * xss, nb)
+        m3 = _f16_dot(mp + r * mn, xsp + 3 * xss, nb)
+        m4 = _f16_dot(mp + r * mn, xsp + 4 * xss, nb)
+        m5 = _f16_dot(mp + r * mn, xsp + 5 * xss, nb)
+        m6 = _f16_dot(mp + r * mn, xsp + 6 * xss, nb)
+        m7 = _f16_dot(mp + r * mn, xsp + 7 * xss, nb)
+        _scales(dp + r * dn, dtp, nb)
+        p = qp + r * qn
+        a0 = wzero()
+        b0 = wzero()
+        a1 = wzero()
+        b1 = wzero()
+        a2 = wzero()
+        b2 = wzero()
+        a3 = wzero()
+        b3 = wzero()
+        a4 = wzero()
+        b4 = wzero()
+        a5 = wzero()
+        b5 = wzero()
+        a6 = wzero()
+        b6 = wzero()
+        a7 = wzero()
+        b7 = wzero()
+        for b in range(0, nb - 1, 2):
+            d = wsplat(fload(dtp, b))
+            pb, j = p + 16 * b, 32 * b
+            lo, hi = wlo4(pb, 0), whi4(pb, 0)
+            a0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+            a4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), a4)
+            a5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), a5)
+            a6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), a6)
+            a7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), a7)
+            d = wsplat(fload(dtp, b + 1))
+            pb, j = pb + 16, j + 32
+            lo, hi = wlo4(pb, 0), whi4(pb, 0)
+            b0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), b0)
+            b1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), b1)
+            b2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), b2)
+            b3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), b3)
+            b4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), b4)
+            b5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), b5)
+            b6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), b6)
+            b7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), b7)
+        if nb % 2:
+            d = wsplat(fload(dtp, nb - 1))
+            pb, j = p + 16 * nb - 16, 32 * nb - 32
+            lo, hi = wlo4(pb, 0), whi4(pb, 0)
+            a0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+            a4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), a4)
+            a5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), a5)
+            a6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), a6)
+            a7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), a7)
+        fstore(outp, r, swsum(swadd(a0, b0)) + m0)
+        fstore(outp + 1 * os, r, swsum(swadd(a1, b1)) + m1)
+        fstore(outp + 2 * os, r, swsum(swadd(a2, b2)) + m2)
+        fstore(outp + 3 * os, r, swsum(swadd(a3, b3)) + m3)
+        fstore(outp + 4 * os, r, swsum(swadd(a4, b4)) + m4)
+        fstore(outp + 5 * os, r, swsum(swadd(a5, b5)) + m5)
+        fstore(outp + 6 * os, r, swsum(swadd(a6, b6)) + m6)
+        fstore(outp + 7 * os, r, swsum(swadd(a7, b7)) + m7)
+
+
+@njit
+def _dot_q8_0_x8(pl, r0, r1, xp, xs, dtp, outp, os):
+    # eight inputs per unpacked block (_dot_q8_0's arithmetic for each; AVX-512 has the 32
+    # registers that 16 accumulators, the two halves and the scale need)
+    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
+    nb = dn // 2
+    for r in range(r0, r1):
+        _scales(dp + r * dn, dtp, nb)
+        p = qp + r * qn
+        a0 = wzero()
+        b0 = wzero()
+        a1 = wzero()
+        b1 = wzero()
+        a2 = wzero()
+        b2 = wzero()
+        a3 = wzero()
+        b3 = wzero()
+        a4 = wzero()
+        b4 = wzero()
+        a5 = wzero()
+        b5 = wzero()
+        a6 = wzero()
+        b6 = wzero()
+        a7 = wzero()
+        b7 = wzero()
+        for b in range(0, nb - 1, 2):
+            d = wsplat(fload(dtp, b))
+            pb, j = p + 32 * b, 32 * b
+            lo, hi = wi8(pb, 0), wi8(pb, 16)
+            a0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+            a4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), a4)
+            a5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), a5)
+            a6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), a6)
+            a7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), a7)
+            d = wsplat(fload(dtp, b + 1))
+            pb, j = pb + 32, j + 32
+            lo, hi = wi8(pb, 0), wi8(pb, 16)
+            b0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), b0)
+            b1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), b1)
+            b2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), b2)
+            b3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), b3)
+            b4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), b4)
+            b5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), b5)
+            b6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), b6)
+            b7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), b7)
+        if nb % 2:
+            d = wsplat(fload(dtp, nb - 1))
+            pb, j = p + 32 * nb - 32, 32 * nb - 32
+            lo, hi = wi8(pb, 0), wi8(pb, 16)
+            a0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), a0)
+            a1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), a1)
+            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
+            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
+            a4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), a4)
+            a5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), a5)
+            a6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), a6)
+            a7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), a7)
+        fstore(outp, r, swsum(swadd(a0, b0)))
+        fstore(outp + 1 * os, r, swsum(swadd(a1, b1)))
+        fstore(outp + 2 * os, r, swsum(swadd(a2, b2)))
+        fstore(outp + 3 * os, r, swsum(swadd(a3, b3)))
+        fstore(outp + 4 * os, r, swsum(swadd(a4, b4)))
+        fstore(outp + 5 * os, r, swsum(swadd(a5, b5)))
+        fstore(outp + 6 * os, r, swsum(swadd(a6, b6)))
+        fstore(outp + 7 * os, r, swsum(swadd(a7, b7)))

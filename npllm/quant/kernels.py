@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from .._jit import njit, njit_parallel, prange
-from .blocks32 import (_dot_q4_1_x4, _dot_q8_0_x4, _deq_row_iq4_nl, _deq_row_q4_0, _deq_row_q4_1, _deq_row_q5_0, _deq_row_q5_1,
+from .blocks32 import (_dot_q4_1_x4, _dot_q4_1_x8, _dot_q8_0_x4, _dot_q8_0_x8, _deq_row_iq4_nl, _deq_row_q4_0, _deq_row_q4_1, _deq_row_q5_0, _deq_row_q5_1,
                        _deq_row_q8_0, _dot_iq4_nl, _dot_q4_0, _dot_q4_1, _dot_q5_0, _dot_q5_1, _dot_q8_0)
 from .dense import _deq_row_dense, _dot_dense
 from .formats import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0  # type ids
@@ -95,6 +95,17 @@ def _dot_rows_x4(kind, pl, r0, r1, x, xs, dt, out):
         _dot_q4_1_x4(pl, r0, r1, xp, xstride, xsp, xsstride, dtp, outp, ostride)
     else:
         _dot_q8_0_x4(pl, r0, r1, xp, xstride, dtp, outp, ostride)
+
+
+@njit
+def _dot_rows_x8(kind, pl, r0, r1, x, xs, dt, out):
+    """_dot_rows_x4 for eight inputs (x [8, 1, D], xs [8, nb + 1], out [8, R])."""
+    xp, xsp, dtp, outp = addr(x), addr(xs), addr(dt), addr(out)
+    xstride, xsstride, ostride = 4 * x.shape[2], 4 * xs.shape[1], 4 * out.shape[1]
+    if kind == Q4_1:
+        _dot_q4_1_x8(pl, r0, r1, xp, xstride, xsp, xsstride, dtp, outp, ostride)
+    else:
+        _dot_q8_0_x8(pl, r0, r1, xp, xstride, dtp, outp, ostride)
 
 
 @njit
@@ -282,7 +293,10 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
             for s0 in range(c0, c1, 16):
                 s1 = min(c1, s0 + 16)
                 n = 0
-                if kind == Q4_1 or kind == Q8_0:  # four inputs per unpacked block, same arithmetic
+                if kind == Q4_1 or kind == Q8_0:  # eight or four inputs per unpacked block, same arithmetic
+                    while n + 8 <= n_sep:
+                        _dot_rows_x8(kind, pl, s0, s1, xrows[n:n + 8], xsr[n:n + 8], dt, out[n:n + 8])
+                        n += 8
                     while n + 4 <= n_sep:
                         _dot_rows_x4(kind, pl, s0, s1, xrows[n:n + 4], xsr[n:n + 4], dt, out[n:n + 4])
                         n += 4

@@ -7,6 +7,12 @@ operations below: Numba intrinsics that emit LLVM ``<8 x float>`` code, about on
 instruction each.  Loops stay ordinary Python loops; only the innermost 8 values are a
 vector.
 
+The hottest blocks (Q4_1, Q8_0) also have a 16-lane vocabulary (``f32x16``: ``wzero``,
+``wsplat``, ``wload``, ``swadd``, ``swmul``, ``swfma``, ``swsum``, and the loads ``wlo4`` /
+``whi4`` / ``wi8``): a 32-value block is exactly two 16-lane halves, so a block costs half the
+instructions.  All of them keep a strict order (no fast-math flags), so the one-, four- and
+eight-input kernels built on them round alike (batch invariance, speculative verification).
+
 Two kinds of operation:
 
 * arithmetic on ``f32x8`` (``vzero``, ``vsplat``, ``vload``, ``vstore``, ``vadd``, ``vmul``,
@@ -245,6 +251,122 @@ def vsum(typingctx, a):
         return builder.fadd(a0, a1, flags=_FAST)
 
     return types.float32(f32x8), codegen
+
+
+# ---------------------------------------------------------------------------
+# Sixteen lanes, exact order.  One 32-value block is two 16-lane halves: a nibble block's
+# low nibbles and its high nibbles, or a Q8_0 block's first and last 16 bytes.  Q4_1 and
+# Q8_0 dot products (decode's hottest loops) use these: half the instructions of the 8-lane
+# form, one AVX-512 register each (two AVX2 registers on machines without AVX-512).
+# ---------------------------------------------------------------------------
+
+
+class _F32x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x16")
+
+
+f32x16 = _F32x16Type()
+_V16F = ir.VectorType(ir.FloatType(), 16)
+_V16I = ir.VectorType(ir.IntType(32), 16)
+
+
+@register_model(_F32x16Type)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V16F)
+
+
+@intrinsic
+def wzero(typingctx):
+    """[0.0] * 16"""
+    return f32x16(), lambda context, builder, sig, args: ir.Constant(_V16F, [0.0] * 16)
+
+
+@intrinsic
+def wsplat(typingctx, s):
+    """[s] * 16 for a scalar s."""
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.float32)
+        v = builder.insert_element(ir.Constant(_V16F, ir.Undefined), v, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(_V16I, [0] * 16))
+
+    return f32x16(s), codegen
+
+
+@intrinsic
+def wload(typingctx, p, i):
+    """float32 p[i : i + 16]"""
+
+    def codegen(context, builder, sig, args):
+        return _load(builder, _at(builder, args[0], args[1], ir.FloatType()), _V16F, 4)
+
+    return f32x16(p, i), codegen
+
+
+@intrinsic
+def swadd(typingctx, a, b):
+    """a + b (16 lanes, never reassociated)"""
+    return f32x16(f32x16, f32x16), lambda context, builder, sig, args: builder.fadd(args[0], args[1])
+
+
+@intrinsic
+def swmul(typingctx, a, b):
+    """a * b (16 lanes)"""
+    return f32x16(f32x16, f32x16), lambda context, builder, sig, args: builder.fmul(args[0], args[1])
+
+
+@intrinsic
+def swfma(typingctx, a, b, c):
+    """a * b + c, fused (one rounding), 16 lanes, never reassociated"""
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_V16F, [_V16F, _V16F, _V16F])
+        fma = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v16f32")
+        return builder.call(fma, list(args))
+
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
+def swsum(typingctx, a):
+    """a[0] + ... + a[15] in exactly the pairwise order 16 -> 8 -> 4 -> 2 -> 1."""
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        for width in (8, 4, 2):
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+            v = builder.fadd(lo, hi)
+        a0 = builder.extract_element(v, ir.Constant(_I32, 0))
+        a1 = builder.extract_element(v, ir.Constant(_I32, 1))
+        return builder.fadd(a0, a1)
+
+    return types.float32(f32x16), codegen
+
+
+def _bytes16_op(kind):
+    def op(typingctx, p, off):
+        def codegen(context, builder, sig, args):
+            b = _load(builder, _at(builder, args[0], args[1], _I8), ir.VectorType(_I8, 16), 1)
+            if kind == "i8":
+                return builder.sitofp(builder.sext(b, _V16I), _V16F)
+            w = builder.zext(b, _V16I)
+            if kind == "lo4":
+                w = builder.and_(w, ir.Constant(_V16I, [15] * 16))
+            else:
+                w = builder.lshr(w, ir.Constant(_V16I, [4] * 16))
+            return builder.uitofp(w, _V16F)
+
+        return f32x16(p, off), codegen
+
+    return intrinsic(op)
+
+
+wlo4 = _bytes16_op("lo4")  # float(b & 15) for the 16 bytes b at p + off
+whi4 = _bytes16_op("hi4")  # float(b >> 4)
+wi8 = _bytes16_op("i8")  # float(int8(b))
 
 
 def _bytes_op(kind):
