@@ -28,7 +28,7 @@ from .._jit import njit
 from .formats import BLOCK_LAYOUT, IQ4_NL, IQ4_VALUES, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 from .simd import (f16, fload, fstore, vadd, vbits, vf16, vfma, vhi4, vi8, viq4hi, viq4lo, vlo4, vload,
                    vmul, vsplat, vstore, vsum, vzero)
-from .simd import svadd, svfma, svmul, svsum, swadd, swfma, swmul, swsum, whi4, wi8, wlo4, wload, wsplat, wzero
+from .simd import svfma, svmul, swadd, swfma, swmul, swsum, whi4, wi8, wlo4, wload, wsplat, wzero
 
 # ---------------------------------------------------------------------------
 # Shared pieces: reference helpers, planes, kernel helpers
@@ -616,73 +616,3 @@ def _dot_q4_1_x8(pl, r0, r1, xp, xs, xsp, xss, dtp, outp, os):
         fstore(outp + 5 * os, r, swsum(swadd(a5, b5)) + m5)
         fstore(outp + 6 * os, r, swsum(swadd(a6, b6)) + m6)
         fstore(outp + 7 * os, r, swsum(swadd(a7, b7)) + m7)
-
-
-@njit
-def _dot_q8_0_x8(pl, r0, r1, xp, xs, dtp, outp, os):
-    # eight inputs per unpacked block (_dot_q8_0's arithmetic for each; AVX-512 has the 32
-    # registers that 16 accumulators, the two halves and the scale need)
-    qp, qn, dp, dn = pl[0], pl[1], pl[2], pl[3]
-    nb = dn // 2
-    for r in range(r0, r1):
-        _scales(dp + r * dn, dtp, nb)
-        p = qp + r * qn
-        a0 = wzero()
-        b0 = wzero()
-        a1 = wzero()
-        b1 = wzero()
-        a2 = wzero()
-        b2 = wzero()
-        a3 = wzero()
-        b3 = wzero()
-        a4 = wzero()
-        b4 = wzero()
-        a5 = wzero()
-        b5 = wzero()
-        a6 = wzero()
-        b6 = wzero()
-        a7 = wzero()
-        b7 = wzero()
-        for b in range(0, nb - 1, 2):
-            d = wsplat(fload(dtp, b))
-            pb, j = p + 32 * b, 32 * b
-            lo, hi = wi8(pb, 0), wi8(pb, 16)
-            a0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), a0)
-            a1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), a1)
-            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
-            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
-            a4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), a4)
-            a5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), a5)
-            a6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), a6)
-            a7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), a7)
-            d = wsplat(fload(dtp, b + 1))
-            pb, j = pb + 32, j + 32
-            lo, hi = wi8(pb, 0), wi8(pb, 16)
-            b0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), b0)
-            b1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), b1)
-            b2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), b2)
-            b3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), b3)
-            b4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), b4)
-            b5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), b5)
-            b6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), b6)
-            b7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), b7)
-        if nb % 2:
-            d = wsplat(fload(dtp, nb - 1))
-            pb, j = p + 32 * nb - 32, 32 * nb - 32
-            lo, hi = wi8(pb, 0), wi8(pb, 16)
-            a0 = swfma(d, _halves_dot(lo, hi, xp + 0 * xs, j), a0)
-            a1 = swfma(d, _halves_dot(lo, hi, xp + 1 * xs, j), a1)
-            a2 = swfma(d, _halves_dot(lo, hi, xp + 2 * xs, j), a2)
-            a3 = swfma(d, _halves_dot(lo, hi, xp + 3 * xs, j), a3)
-            a4 = swfma(d, _halves_dot(lo, hi, xp + 4 * xs, j), a4)
-            a5 = swfma(d, _halves_dot(lo, hi, xp + 5 * xs, j), a5)
-            a6 = swfma(d, _halves_dot(lo, hi, xp + 6 * xs, j), a6)
-            a7 = swfma(d, _halves_dot(lo, hi, xp + 7 * xs, j), a7)
-        fstore(outp, r, swsum(swadd(a0, b0)))
-        fstore(outp + 1 * os, r, swsum(swadd(a1, b1)))
-        fstore(outp + 2 * os, r, swsum(swadd(a2, b2)))
-        fstore(outp + 3 * os, r, swsum(swadd(a3, b3)))
-        fstore(outp + 4 * os, r, swsum(swadd(a4, b4)))
-        fstore(outp + 5 * os, r, swsum(swadd(a5, b5)))
-        fstore(outp + 6 * os, r, swsum(swadd(a6, b6)))
-        fstore(outp + 7 * os, r, swsum(swadd(a7, b7)))

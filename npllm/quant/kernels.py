@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from .._jit import njit, njit_parallel, prange
-from .blocks32 import (_dot_q4_1_x4, _dot_q4_1_x8, _dot_q8_0_x4, _dot_q8_0_x8, _deq_row_iq4_nl, _deq_row_q4_0, _deq_row_q4_1, _deq_row_q5_0, _deq_row_q5_1,
+from .blocks32 import (_dot_q4_1_x4, _dot_q4_1_x8, _dot_q8_0_x4, _deq_row_iq4_nl, _deq_row_q4_0, _deq_row_q4_1, _deq_row_q5_0, _deq_row_q5_1,
                        _deq_row_q8_0, _dot_iq4_nl, _dot_q4_0, _dot_q4_1, _dot_q5_0, _dot_q5_1, _dot_q8_0)
 from .dense import _deq_row_dense, _dot_dense
 from .formats import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0  # type ids
@@ -56,7 +56,12 @@ def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
     >= cols / 32 + 16 floats (a row's block scales, or a super-block's 16 group scales)."""
     # Arrays are passed down to here, one call per chunk: holding them as arguments keeps them
     # alive while their addresses are in use (Numba frees an array right after its last use).
-    xp, xsp, dtp, outp, cols = addr(x), addr(xs), addr(dt), addr(out), x.shape[1]
+    _dot_rows_at(kind, pl, r0, r1, addr(x), addr(xs), addr(dt), addr(out), x.shape[1])
+
+
+@njit
+def _dot_rows_at(kind, pl, r0, r1, xp, xsp, dtp, outp, cols):
+    """_dot_rows on addresses (x: cols floats at xp; xs at xsp; out's row at outp)."""
     if kind == Q4_1:
         _dot_q4_1(pl, r0, r1, xp, xsp, dtp, outp)
     elif kind == Q8_0:
@@ -86,26 +91,31 @@ def _dot_rows(kind, pl, r0, r1, x, xs, dt, out):
 
 
 @njit
-def _dot_rows_x4(kind, pl, r0, r1, x, xs, dt, out):
-    """_dot_rows for four inputs at once (x [4, 1, D], xs [4, nb + 1], out [4, R]; Q4_1 and Q8_0
-    only), each output bit-equal to _dot_rows's for that input alone."""
-    xp, xsp, dtp, outp = addr(x), addr(xs), addr(dt), addr(out)
-    xstride, xsstride, ostride = 4 * x.shape[2], 4 * xs.shape[1], 4 * out.shape[1]
-    if kind == Q4_1:
-        _dot_q4_1_x4(pl, r0, r1, xp, xstride, xsp, xsstride, dtp, outp, ostride)
-    else:
-        _dot_q8_0_x4(pl, r0, r1, xp, xstride, dtp, outp, ostride)
-
-
-@njit
-def _dot_rows_x8(kind, pl, r0, r1, x, xs, dt, out):
-    """_dot_rows_x4 for eight inputs (x [8, 1, D], xs [8, nb + 1], out [8, R])."""
-    xp, xsp, dtp, outp = addr(x), addr(xs), addr(dt), addr(out)
-    xstride, xsstride, ostride = 4 * x.shape[2], 4 * xs.shape[1], 4 * out.shape[1]
-    if kind == Q4_1:
-        _dot_q4_1_x8(pl, r0, r1, xp, xstride, xsp, xsstride, dtp, outp, ostride)
-    else:
-        _dot_q8_0_x8(pl, r0, r1, xp, xstride, dtp, outp, ostride)
+def _strips(kind, pl, c0, c1, xrows, xsr, dt, out):
+    """MATVECR over rows c0 <= r < c1 (one call per chunk; see _run): 16 weight rows at a time
+    stay in L1 while the inputs pass, eight (Q4_1 with D <= 1024: eight wider inputs would crowd
+    L1), four (Q4_1, Q8_0) or one at a time, each with the one-input kernel's arithmetic.  The
+    strip loop works on addresses: slicing the arrays there would cost two atomic reference
+    counts per call, on counters both threads share."""
+    n_sep, cols, n_rows = xrows.shape[0], xrows.shape[2], out.shape[1]
+    xp, xsp, dtp, outp = addr(xrows), addr(xsr), addr(dt), addr(out)
+    xst, xsst, ost = 4 * cols, 4 * xsr.shape[1], 4 * n_rows  # byte strides between the inputs
+    wide = kind == Q4_1 or kind == Q8_0
+    eight = kind == Q4_1 and cols <= 1024
+    for s0 in range(c0, c1, 16):
+        s1 = min(c1, s0 + 16)
+        n = 0
+        while eight and n + 8 <= n_sep:
+            _dot_q4_1_x8(pl, s0, s1, xp + n * xst, xst, xsp + n * xsst, xsst, dtp, outp + n * ost, ost)
+            n += 8
+        while wide and n + 4 <= n_sep:
+            if kind == Q4_1:
+                _dot_q4_1_x4(pl, s0, s1, xp + n * xst, xst, xsp + n * xsst, xsst, dtp, outp + n * ost, ost)
+            else:
+                _dot_q8_0_x4(pl, s0, s1, xp + n * xst, xst, dtp, outp + n * ost, ost)
+            n += 4
+        for n in range(n, n_sep):
+            _dot_rows_at(kind, pl, s0, s1, xp + n * xst, xsp + n * xsst, dtp, outp + n * ost, cols)
 
 
 @njit
@@ -289,19 +299,8 @@ def _run(op, kind, pl, x, out, r0, n_chunks):
             _dot_rows(kind, pl, c0, c1, x, xs, dt, out)
         elif op == MATVECN:
             _deq_dot_rows(kind, pl, c0, c1, x, out, np.empty(2 * cols + 8, np.float32), dt, mt)
-        elif op == MATVECR:  # 16 weight rows at a time stay in L1 while the input rows pass
-            for s0 in range(c0, c1, 16):
-                s1 = min(c1, s0 + 16)
-                n = 0
-                if kind == Q4_1 or kind == Q8_0:  # eight or four inputs per unpacked block, same arithmetic
-                    while n + 8 <= n_sep:
-                        _dot_rows_x8(kind, pl, s0, s1, xrows[n:n + 8], xsr[n:n + 8], dt, out[n:n + 8])
-                        n += 8
-                    while n + 4 <= n_sep:
-                        _dot_rows_x4(kind, pl, s0, s1, xrows[n:n + 4], xsr[n:n + 4], dt, out[n:n + 4])
-                        n += 4
-                for n in range(n, n_sep):
-                    _dot_rows(kind, pl, s0, s1, xrows[n], xsr[n], dt, out[n:n + 1])
+        elif op == MATVECR:
+            _strips(kind, pl, c0, c1, xrows, xsr, dt, out)
         else:
             _deq_rows(kind, pl, r0 + c0, r0 + c1, out, c0, dt, mt)
 
