@@ -43,7 +43,7 @@ from .dense import _deq_row_dense, _dot_dense
 from .formats import IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0  # type ids
 from .kquants import (_deq_row_iq4_xs, _deq_row_q2_k, _deq_row_q3_k, _deq_row_q4_k, _deq_row_q5_k,
                       _deq_row_q6_k, _dot_iq4_xs, _dot_q2_k, _dot_q3_k, _dot_q4_k, _dot_q5_k, _dot_q6_k)
-from .simd import addr, fload, fstore, vfma, vload, vsum, vzero
+from .simd import addr, fload, fstore, swfma, swsum, wload, wzero
 
 # ---------------------------------------------------------------------------
 # Dispatch by type
@@ -159,7 +159,7 @@ def _deq_row(kind, pl, r, op, cols, dtp, mtp):
 
 @njit
 def _tail(wp, xp, start, cols):
-    # sum(w[j] * x[j] for start <= j < cols): the last < 8 values of a dense row
+    # sum(w[j] * x[j] for start <= j < cols): the last < 16 values of a dense row
     s = np.float32(0.0)
     for j in range(start, cols):
         s += fload(wp, j) * fload(xp, j)
@@ -169,54 +169,54 @@ def _tail(wp, xp, start, cols):
 @njit
 def _dot_rows2_inputs4(wp, cols, xp, outp, ostride):
     # two dequantized rows (fp32: w0 at wp, w1 at wp + 4 cols) times four inputs (x[k] at
-    # xp + 4 k cols): out[k * ostride + i] = w_i . x[k].  Each loaded vector is used 4 or 2
-    # times, and the 8 accumulators stay in registers.
-    main = cols - cols % 8
-    a0 = vzero()
-    a1 = vzero()
-    a2 = vzero()
-    a3 = vzero()
-    b0 = vzero()
-    b1 = vzero()
-    b2 = vzero()
-    b3 = vzero()
-    for j in range(0, main, 8):
-        w0 = vload(wp, j)
-        w1 = vload(wp, j + cols)
-        x0 = vload(xp, j)
-        a0 = vfma(w0, x0, a0)
-        b0 = vfma(w1, x0, b0)
-        x1 = vload(xp, j + cols)
-        a1 = vfma(w0, x1, a1)
-        b1 = vfma(w1, x1, b1)
-        x2 = vload(xp, j + 2 * cols)
-        a2 = vfma(w0, x2, a2)
-        b2 = vfma(w1, x2, b2)
-        x3 = vload(xp, j + 3 * cols)
-        a3 = vfma(w0, x3, a3)
-        b3 = vfma(w1, x3, b3)
+    # xp + 4 k cols): out[k * ostride + i] = w_i . x[k].  Each loaded 16-lane vector is used 4
+    # or 2 times, and the 8 accumulators stay in registers.
+    main = cols - cols % 16
+    a0 = wzero()
+    a1 = wzero()
+    a2 = wzero()
+    a3 = wzero()
+    b0 = wzero()
+    b1 = wzero()
+    b2 = wzero()
+    b3 = wzero()
+    for j in range(0, main, 16):
+        w0 = wload(wp, j)
+        w1 = wload(wp, j + cols)
+        x0 = wload(xp, j)
+        a0 = swfma(w0, x0, a0)
+        b0 = swfma(w1, x0, b0)
+        x1 = wload(xp, j + cols)
+        a1 = swfma(w0, x1, a1)
+        b1 = swfma(w1, x1, b1)
+        x2 = wload(xp, j + 2 * cols)
+        a2 = swfma(w0, x2, a2)
+        b2 = swfma(w1, x2, b2)
+        x3 = wload(xp, j + 3 * cols)
+        a3 = swfma(w0, x3, a3)
+        b3 = swfma(w1, x3, b3)
     w1p = wp + 4 * cols
-    fstore(outp, 0, vsum(a0) + _tail(wp, xp, main, cols))
-    fstore(outp, 1, vsum(b0) + _tail(w1p, xp, main, cols))
-    fstore(outp, ostride, vsum(a1) + _tail(wp, xp + 4 * cols, main, cols))
-    fstore(outp, ostride + 1, vsum(b1) + _tail(w1p, xp + 4 * cols, main, cols))
-    fstore(outp, 2 * ostride, vsum(a2) + _tail(wp, xp + 8 * cols, main, cols))
-    fstore(outp, 2 * ostride + 1, vsum(b2) + _tail(w1p, xp + 8 * cols, main, cols))
-    fstore(outp, 3 * ostride, vsum(a3) + _tail(wp, xp + 12 * cols, main, cols))
-    fstore(outp, 3 * ostride + 1, vsum(b3) + _tail(w1p, xp + 12 * cols, main, cols))
+    fstore(outp, 0, swsum(a0) + _tail(wp, xp, main, cols))
+    fstore(outp, 1, swsum(b0) + _tail(w1p, xp, main, cols))
+    fstore(outp, ostride, swsum(a1) + _tail(wp, xp + 4 * cols, main, cols))
+    fstore(outp, ostride + 1, swsum(b1) + _tail(w1p, xp + 4 * cols, main, cols))
+    fstore(outp, 2 * ostride, swsum(a2) + _tail(wp, xp + 8 * cols, main, cols))
+    fstore(outp, 2 * ostride + 1, swsum(b2) + _tail(w1p, xp + 8 * cols, main, cols))
+    fstore(outp, 3 * ostride, swsum(a3) + _tail(wp, xp + 12 * cols, main, cols))
+    fstore(outp, 3 * ostride + 1, swsum(b3) + _tail(w1p, xp + 12 * cols, main, cols))
 
 
 @njit
 def _dot_inputs1(wp, xp, cols, outp):
     # out[0] = w . x with the very arithmetic of one of _dot_rows2_inputs4's eight sums (one
-    # 8-lane accumulator, then vsum and the tail): every row and input of a batch is computed
+    # 16-lane accumulator, then swsum and the tail): every row and input of a batch is computed
     # alike, so a row's result does not depend on how many rows the batch has or where it sits
     # (batch invariance, lesson 09).
-    main = cols - cols % 8
-    a0 = vzero()
-    for j in range(0, main, 8):
-        a0 = vfma(vload(wp, j), vload(xp, j), a0)
-    fstore(outp, 0, vsum(a0) + _tail(wp, xp, main, cols))
+    main = cols - cols % 16
+    a0 = wzero()
+    for j in range(0, main, 16):
+        a0 = swfma(wload(wp, j), wload(xp, j), a0)
+    fstore(outp, 0, swsum(a0) + _tail(wp, xp, main, cols))
 
 
 @njit
