@@ -190,9 +190,10 @@ def vfma(typingctx, a, b, c):
 
 
 # Exact-order twins (no fast-math flags, a true fused multiply-add): LLVM may not reassociate
-# them, so a kernel written with them rounds the same wherever it is inlined.  The dot kernels
-# of Q4_1 and Q8_0 use them: the one-input and four-input versions (decode and speculative
-# decoding's verify pass) must give bit-equal results.
+# them, so a kernel written with them rounds the same wherever it is inlined.  The 8-lane nibble
+# dot (``blocks32._nibble_dot``: Q4_0, Q5_0) uses them; Q4_1 and Q8_0 use the 16-lane twins below,
+# where the one-, four- and eight-input versions (decode, speculative decoding's verify pass,
+# the server's batch-invariant decode) must give bit-equal results.
 def _strict_binop(name):
     def op(typingctx, a, b):
         def codegen(context, builder, sig, args):
@@ -203,7 +204,6 @@ def _strict_binop(name):
     return intrinsic(op)
 
 
-svadd = _strict_binop("fadd")  # a + b
 svmul = _strict_binop("fmul")  # a * b
 
 
@@ -217,23 +217,6 @@ def svfma(typingctx, a, b, c):
         return builder.call(fma, list(args))
 
     return f32x8(f32x8, f32x8, f32x8), codegen
-
-
-@intrinsic
-def svsum(typingctx, a):
-    """vsum in exactly its pairwise order (8 -> 4 -> 2 -> 1)."""
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        for width in (4, 2):
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
-            v = builder.fadd(lo, hi)
-        a0 = builder.extract_element(v, ir.Constant(_I32, 0))
-        a1 = builder.extract_element(v, ir.Constant(_I32, 1))
-        return builder.fadd(a0, a1)
-
-    return types.float32(f32x8), codegen
 
 
 @intrinsic
