@@ -14,6 +14,7 @@ gguf = pytest.importorskip("gguf")
 from npllm import _jit  # noqa: E402
 from npllm.errors import ModelFormatError  # noqa: E402
 from npllm.quant import weight as quants  # noqa: E402
+from npllm.quant.blocks32 import _PLANES as BLOCKS32_PLANES, from_planes, to_planes  # noqa: E402
 from npllm.quant.weight import (  # noqa: E402
     BF16, F16, F32, IQ4_NL, IQ4_XS, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, QuantizedWeight,
     as_array_or_quantized, dequantize, dequantize_ref,
@@ -370,3 +371,20 @@ def test_read_only_memory_mapped_rows_share_the_compiled_kernel():
     w = QuantizedWeight.from_raw(frozen, Q4_K, (5, 256))
     assert_matmul_close(w.matmul(x), x, gguf_dequant(raw, Q4_K, 5, 256))
     assert set(quant_kernels._run.signatures) == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=st.sampled_from(sorted(BLOCKS32_PLANES)), rows=st.integers(1, 9), nb=st.integers(1, 7),
+       step=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_planes_split_each_block_into_its_fields_and_back(t, rows, nb, step, seed):
+    # step > 1: rows of a strided view (not C-contiguous), which takes the copying fallback
+    bb = quants.BLOCK_LAYOUT[t][1]
+    raw = np.random.default_rng(seed).integers(0, 256, (rows * step, nb * bb), dtype=np.uint8)[::step]
+    q, s1, s2 = to_planes(raw, t)
+    blocks = raw.reshape(rows, nb, bb)
+    (q0, q1), (a0, a1), rest = BLOCKS32_PLANES[t]
+    assert np.array_equal(q, blocks[:, :, q0:q1].reshape(rows, -1))
+    assert np.array_equal(s1, blocks[:, :, a0:a1].reshape(rows, -1))
+    expected = [blocks[:, :, a:b].reshape(rows, -1) for a, b in rest]
+    assert np.array_equal(s2, np.concatenate(expected, axis=1) if expected else np.empty((rows, 0), np.uint8))
+    assert np.array_equal(from_planes((q, s1, s2), t), raw)

@@ -65,9 +65,16 @@ _PLANES = {
 
 def _field(blocks: np.ndarray, start: int, stop: int) -> np.ndarray:
     # blocks [R, nb, block_bytes] -> bytes start:stop of every block, as [R, nb * (stop - start)]
-    rows, nb = blocks.shape[:2]
-    out = np.empty((rows, nb, stop - start), np.uint8)
-    out[...] = blocks[:, :, start:stop]  # (several times faster than np.ascontiguousarray here)
+    rows, nb, bb = blocks.shape
+    w = stop - start
+    if blocks.strides[1:] == (bb, 1):
+        # Each block as one record whose field is the w bytes: NumPy then copies w bytes per
+        # block in one step (2-5x faster at load than copying a [R, nb, w] uint8 slice).
+        rec = np.dtype({"names": ["f"], "formats": [f"V{w}"], "offsets": [start], "itemsize": bb})
+        field = np.lib.stride_tricks.as_strided(blocks, (rows, nb * bb), (blocks.strides[0], 1)).view(rec)["f"]
+        return np.ascontiguousarray(field).view(np.uint8).reshape(rows, nb * w)
+    out = np.empty((rows, nb, w), np.uint8)
+    out[...] = blocks[:, :, start:stop]
     return out.reshape(rows, -1)
 
 
