@@ -215,18 +215,25 @@ def _accept_or_resample(p, d, q, rng) -> int:
 def _next_limit(limit: int, k: int, accepted: int, num_tokens: int) -> int:
     """How many drafts to ask for after a round that verified ``k`` and accepted ``accepted``.
 
-    A verify pass of 8 rows costs about twice one of 4 (and 4 rows about 1.7 decode steps,
-    lesson 10), so long drafts pay only while they are accepted.  As HF's "heuristic" schedule
-    for assistant models: grow after a round that accepted every draft, shrink after one that
-    accepted fewer than half; by 4, the verify kernels' row group, between 3 and ``num_tokens``.
-    The drafts' length changes the speed only: greedy output is the same for any draft.
+    A verify pass of 8 rows costs about twice one of 4, and 4 rows about two decode steps
+    (lesson 10), so drafts pay only while they are accepted.  Like HF's "heuristic" schedule for
+    assistant models, grow after a round that accepted every draft and shrink after one that
+    accepted fewer than half: by 4, the verify kernels' row group, between 3 and ``num_tokens``.
+    After a round that accepted none, pause: one round without drafts (a plain decode step,
+    ``limit`` 0), since right after the text left the copied span the next lookup is most often
+    wrong too; then start again at 3.  A round without drafts because no n-gram matched says
+    nothing, and keeps the limit.  The drafts' length changes the speed only: greedy output is
+    the same for any draft.
     """
+    lo = min(3, num_tokens)
     if k == 0:
-        return limit
+        return lo if limit == 0 else limit
     if accepted == k:
         return min(num_tokens, k + 4)
+    if accepted == 0:
+        return 0
     if accepted < k // 2:
-        return max(min(3, num_tokens), k - 4)
+        return max(lo, k - 4)
     return limit
 
 

@@ -338,17 +338,20 @@ def test_cli_lookup_and_draft_model_print_the_plain_greedy_text(smollm2_gguf):
 
 
 @pytest.mark.parametrize("num_tokens", [1, 3, 10, 20])
-def test_the_draft_limit_grows_after_full_acceptance_and_shrinks_after_poor(num_tokens):
+def test_the_draft_limit_grows_after_full_acceptance_shrinks_after_poor_and_pauses_after_a_miss(num_tokens):
     lo = min(3, num_tokens)
     for limit, k, accepted in itertools.product(range(lo, num_tokens + 1), range(1, num_tokens + 1), range(num_tokens + 1)):
         if not (k <= limit and accepted <= k):  # k drafts were asked for (at most limit), accepted of them
             continue
         got = speculative._next_limit(limit, k, accepted, num_tokens)
-        assert lo <= got <= num_tokens
         if accepted == k:
             assert got == min(num_tokens, k + 4)
+        elif accepted == 0:
+            assert got == 0  # every draft rejected: the next round is a plain decode step
         elif accepted < k // 2:
             assert got == max(lo, k - 4)
         else:
             assert got == limit
-    assert speculative._next_limit(7, 0, 0, num_tokens) == 7  # no draft this round: no evidence
+        assert got == 0 or lo <= got <= num_tokens
+    assert speculative._next_limit(7, 0, 0, num_tokens) == 7    # no draft was found: no evidence
+    assert speculative._next_limit(0, 0, 0, num_tokens) == lo   # after the pause, drafts again
