@@ -7,7 +7,8 @@ A fresh child process imports npllm, loads the model, and generates greedily unt
 context holds ``--context`` tokens (a prompt of context - new_tokens tokens, then
 ``--new-tokens`` more, through ``npllm.generate`` with its preallocated KV cache).  It
 reports the resident set size (VmRSS) after each phase and the peak (VmHWM, the same
-figure as ``ru_maxrss``), plus the fp32 KV cache's share from ``npllm.kv_cache_bytes``.
+figure as ``ru_maxrss``), plus the KV cache's share from ``npllm.kv_cache_bytes`` in the dtype
+the model stores it in (``model.kv_dtype``: float16 for the default, quantized model).
 The Numba cache is warmed first in a separate process, so compilation is not counted.
 """
 
@@ -45,10 +46,10 @@ def child(args):
     seconds = time.perf_counter() - t
     phases["generated"] = _status()
     cfg = model.config
-    kv = npllm.kv_cache_bytes(cfg, 1, out.shape[1], np.float32)
+    kv = npllm.kv_cache_bytes(cfg, 1, out.shape[1], model.kv_dtype)
     return {"context": int(out.shape[1]), "prompt_tokens": len(ids), "new_tokens": args.new_tokens,
             "seconds": seconds, "phases": phases, "peak_rss_mb": phases["generated"]["peak_mb"],
-            "kv_cache_mb": kv / 2**20}
+            "kv_cache_mb": kv / 2**20, "kv_dtype": str(model.kv_dtype)}
 
 
 def main(argv=None):
@@ -74,7 +75,7 @@ def main(argv=None):
     for name, st in res["phases"].items():
         print(f"{name:10s} RSS {st['rss_mb']:6.0f} MB   peak so far {st['peak_mb']:6.0f} MB")
     print(f"peak RSS generating to a {res['context']}-token context: {res['peak_rss_mb']:.0f} MB "
-          f"(fp32 KV cache {res['kv_cache_mb']:.0f} MB; {res['new_tokens']} tokens in {res['seconds']:.1f} s)")
+          f"({res['kv_dtype']} KV cache {res['kv_cache_mb']:.0f} MB; {res['new_tokens']} tokens in {res['seconds']:.1f} s)")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

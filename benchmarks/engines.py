@@ -31,6 +31,8 @@ import numpy as np
 
 # [B] = batch rows, [V] = vocabulary size, [T] = prompt length
 
+N_BATCH = 512  # prompt tokens per forward call, for npllm and llama.cpp alike (llama.cpp's default n_ubatch)
+
 
 def _left_pad(prompts, pad_id):
     """Left-pad token lists into ids [B, T] and attention mask [B, T] (1 = real token)."""
@@ -83,15 +85,20 @@ class NpllmEngine(Engine):
     def start(self, prompts, capacity):
         ids, mask = _left_pad(prompts, self.pad_id)
         B, T = ids.shape
+        self.cache = None                        # the last run's cache goes first (llama.cpp: _free_context)
         self.cache = self.model.new_cache(B, capacity)
         # One preallocated mask; each call passes a view of its first past+T columns.
         self.mask = np.ones((B, capacity), dtype=np.int64)
         self.mask[:, :T] = mask
         self.padded = bool((mask == 0).any())
         self.length = T
-        logits, self.cache = self.model.forward(
-            ids, attention_mask=self.mask[:, :T] if self.padded else None,
-            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        # The prompt in chunks of N_BATCH tokens, as llama.cpp's context below takes it
+        # (n_batch = n_ubatch = 512): a long prompt's activations are a chunk's, not the whole's.
+        for lo in range(0, T, N_BATCH):
+            hi = min(T, lo + N_BATCH)
+            logits, self.cache = self.model.forward(
+                ids[:, lo:hi], attention_mask=self.mask[:, :hi] if self.padded else None,
+                past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return logits[:, -1]
 
     def step(self, tokens):
@@ -170,8 +177,8 @@ class LlamaCppEngine(Engine):
         self._free_context()
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        cparams.n_batch = 512
-        cparams.n_ubatch = 512
+        cparams.n_batch = N_BATCH
+        cparams.n_ubatch = N_BATCH
         cparams.n_seq_max = n_seq
         cparams.kv_unified = False                  # one KV stream per sequence
         cparams.n_threads = self.threads
@@ -181,7 +188,7 @@ class LlamaCppEngine(Engine):
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_seq={n_seq})")
         self.ctx_seqs, self.ctx_len = n_seq, n_ctx
-        self.batch = lc.llama_batch_init(512, 0, 1)
+        self.batch = lc.llama_batch_init(N_BATCH, 0, 1)
 
     def encode(self, text):
         lc = self.lc
@@ -213,8 +220,8 @@ class LlamaCppEngine(Engine):
         b.n_tokens = len(entries)
 
     def _decode(self, entries):
-        for lo in range(0, len(entries), 512):
-            self._fill(entries[lo:lo + 512])
+        for lo in range(0, len(entries), N_BATCH):
+            self._fill(entries[lo:lo + N_BATCH])
             rc = self.lc.llama_decode(self.ctx, self.batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
@@ -244,8 +251,8 @@ class LlamaCppEngine(Engine):
         for s, p in enumerate(prompts):
             entries += [(t, j, s, j == len(p) - 1) for j, t in enumerate(p)]
             rows.append(len(entries) - 1)
-        if len(entries) > 512:
-            raise RuntimeError("batch prompts exceed n_batch=512 tokens in total")
+        if len(entries) > N_BATCH:
+            raise RuntimeError(f"batch prompts exceed n_batch={N_BATCH} tokens in total")
         self._decode(entries)
         return self._logits(rows)
 

@@ -54,6 +54,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the loading progress bar")
 
 
+_CACHE_TYPES = {"f16": "float16", "f32": "float32"}
+
+
+def _add_cache_type_args(p: argparse.ArgumentParser) -> None:
+    # llama.cpp's spellings; npllm keeps K and V in one dtype, so either flag sets both
+    for short, long, what in (("-ctk", "--cache-type-k", "K"), ("-ctv", "--cache-type-v", "V")):
+        p.add_argument(short, long, dest="cache_type_" + what.lower(), choices=sorted(_CACHE_TYPES), default=None,
+                       help=f"KV cache storage for {what} (default: f16 for quantized weights, else the model's "
+                            "dtype); K and V share one type, so either flag sets both")
+
+
+def _kv_dtype(args):
+    """The dtype -ctk/-ctv ask for (None: the model's default)."""
+    k, v = getattr(args, "cache_type_k", None), getattr(args, "cache_type_v", None)
+    if k is not None and v is not None and k != v:
+        raise _UsageError(f"-ctk/--cache-type-k {k} and -ctv/--cache-type-v {v} differ: npllm stores K and V "
+                          "in one type; give them the same one (either flag alone sets both)")
+    chosen = k or v
+    return _CACHE_TYPES[chosen] if chosen else None
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--max-new-tokens", "--n-predict", dest="max_new_tokens", type=_int_at_least(0),
                    default=128)
@@ -78,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout")
     _add_model_args(g)
+    _add_cache_type_args(g)
     _add_sampling_args(g)
     g.add_argument("prompt", nargs="?", help="the prompt (default: read from -p, -f or stdin)")
     g.add_argument("-p", "--prompt", dest="prompt_opt", default=None)
@@ -106,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("chat", help="interactive multi-turn chat using the model's chat template")
     _add_model_args(c)
+    _add_cache_type_args(c)
     _add_sampling_args(c)
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--chat-template", dest="chat_template", metavar="FILE", default=None,
@@ -113,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="architecture, parameters, tensor types and KV-cache size")
     _add_model_args(i)
+    _add_cache_type_args(i)
     i.add_argument("-c", "--context", type=_int_at_least(1), default=2048,
                    help="tokens of context for the KV-cache size")
 
@@ -141,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threads for Numba kernels and BLAS (default: $NPLLM_NUM_THREADS or all cores)")
     sv.add_argument("--max-queue", type=_int_at_least(0), default=64,
                     help="requests that may wait for a slot; beyond them the server answers 429")
+    _add_cache_type_args(sv)
 
     pp = sub.add_parser("perplexity", help="perplexity of a text file (llama.cpp's method)")
     _add_model_args(pp)
@@ -214,7 +239,7 @@ def _load(args, need_tokenizer: bool = True):
     _jit.set_num_threads(args.threads)
     _jit.announce_compilation()  # one line on stderr if the kernels are not in Numba's cache yet
     template = _read_template(getattr(args, "chat_template", None))
-    model, tok = load(args.model, progress=not args.no_progress)
+    model, tok = load(args.model, progress=not args.no_progress, kv_dtype=_kv_dtype(args))
     if tok is None and need_tokenizer:
         raise _UsageError(f"{args.model} has no tokenizer (no tokenizer.json in the directory); "
                           f"`npllm {args.command}` needs one: save it there with tokenizer.save_pretrained(dir)")
@@ -396,7 +421,7 @@ def cmd_info(args) -> int:
     types = Counter(getattr(w, "type_name", str(getattr(w, "dtype", "?")).upper())
                     for w in model.params.values())
     kv16 = kv_cache_bytes(c, 1, args.context, "float16")
-    kv_run = kv_cache_bytes(c, 1, args.context, model.dtype)
+    kv_run = kv_cache_bytes(c, 1, args.context, model.kv_dtype)
     rows = [
         ("model", args.model),
         ("architecture", c.model_type),
@@ -412,7 +437,8 @@ def cmd_info(args) -> int:
           else [("knobs", "none (every family knob at Llama's value)")]),
         ("tensor types", ", ".join(f"{k}: {v}" for k, v in sorted(types.items()))),
         (f"KV cache for {args.context} tokens",
-         f"{kv16:,} bytes in fp16 ({kv16 / 2**20:.1f} MiB); {kv_run:,} bytes as run ({model.dtype})"),
+         f"{kv16:,} bytes in fp16 ({kv16 / 2**20:.1f} MiB); {kv_run:,} bytes as run ({model.kv_dtype}, "
+         f"-ctk/-ctv)"),
         ("bos / eos / stop ids", f"{tok.bos_token_id} / {tok.eos_token_id} / {tok.stop_token_ids}"
          if tok is not None else "no tokenizer (no tokenizer.json in the directory)"),
     ]
@@ -493,7 +519,7 @@ def cmd_serve(args) -> int:
         raise _UsageError(f"-c/--ctx-size {args.ctx_size} leaves fewer than 2 tokens for each of the "
                           f"{args.parallel} slots (-np)")
     return serve(args.model, host=args.host, port=args.port, parallel=args.parallel, ctx_size=args.ctx_size,
-                 threads=args.threads, max_queue=args.max_queue)
+                 threads=args.threads, max_queue=args.max_queue, kv_dtype=_kv_dtype(args))
 
 
 def main(argv=None) -> int:

@@ -146,7 +146,7 @@ class Engine:
         self.n_slots, self.ctx = n_slots, min(ctx_per_slot, limit)
         self.max_queue, self.threads = max_queue, threads
         self.eos = list(tokenizer.stop_token_ids or model.config.eos_token_ids or [])
-        self.pool = SlotCache(model.config, n_slots, self.ctx)
+        self.pool = SlotCache(model.config, n_slots, self.ctx, model.kv_dtype)
         self.slots: List[Optional[_Slot]] = [None] * n_slots
         self.waiting: "collections.deque[Request]" = collections.deque()
         self._wake = threading.Condition()

@@ -23,15 +23,17 @@ from .tokenizer import Tokenizer
 
 
 def load(source: Optional[str] = None, dtype=np.float32, dequantize: bool = False,
-         progress: bool = False) -> Tuple[CausalLM, Tokenizer]:
+         progress: bool = False, kv_dtype=None) -> Tuple[CausalLM, Tokenizer]:
     """``(model, tokenizer)`` for an alias (default ``"smollm2-135m-instruct"``), a GGUF or an HF directory.
 
     An HF directory without tokenizer files (e.g. a bare ``save_pretrained`` model)
-    gives ``tokenizer=None``.
+    gives ``tokenizer=None``.  ``kv_dtype`` sets ``model.kv_dtype``, the KV cache's storage
+    (default: float16 for quantized weights, else ``dtype``).
     """
     path = resolve_model(source)
     config, tensors, ckpt = read_checkpoint(path, dequantize=dequantize, progress=progress)
     model = CausalLM.from_tensors(config, tensors, dtype=dtype, source=path)
+    model.kv_dtype = kv_dtype
     if os.path.isdir(path):
         try:
             tokenizer = Tokenizer.from_hf_directory(path)

@@ -50,6 +50,7 @@ class CausalLM:
         if self.dtype not in (np.float32, np.float64):
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
         self.params: Dict[str, object] = {}
+        self._kv_dtype = None
         if init:
             self._init_weights(seed)
 
@@ -148,9 +149,41 @@ class CausalLM:
         return_freed_memory(collect=False)
         return model
 
-    def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
-        """A preallocated KV cache for ``generate`` (seed pitfall 1: one buffer per layer)."""
-        return KVCache(self.config, batch_size, max_seq_len, dtype=self.dtype)
+    @property
+    def kv_dtype(self) -> np.dtype:
+        """The dtype the KV cache stores (``new_cache``; llama.cpp's ``-ctk``/``-ctv``).
+
+        By default float16 when the model is float32 and its layers hold block-quantized weights
+        (a quantized GGUF: the weights are approximations already, and llama.cpp stores its
+        cache so), else the model's dtype (HF's).  Set it to override, or to None for the
+        default.  Only the storage changes: attention reads the values back into float32.
+        """
+        if self._kv_dtype is not None:
+            return self._kv_dtype
+        from .quant import QuantizedWeight
+        from .quant.formats import DENSE_TYPES
+
+        layers = getattr(self, "layers", [])
+        quantized = any(isinstance(w, QuantizedWeight) and w.ggml_type not in DENSE_TYPES
+                        for layer in layers for w in (layer.self_attn.o_proj, layer.down_proj))
+        return np.dtype(np.float16) if quantized and self.dtype == np.float32 else self.dtype
+
+    @kv_dtype.setter
+    def kv_dtype(self, value) -> None:
+        if value is not None:
+            try:
+                dt = np.dtype(value)
+            except TypeError:
+                dt = None
+            if dt not in (np.float16, np.float32, np.float64):
+                raise ConfigError(f"kv_dtype must be float16, float32, float64 or None, got {value!r}")
+            value = dt
+        self._kv_dtype = value
+
+    def new_cache(self, batch_size: int, max_seq_len: int, dtype=None) -> KVCache:
+        """A preallocated KV cache for ``generate`` (seed pitfall 1: one buffer per layer),
+        storing ``dtype`` (default ``kv_dtype``)."""
+        return KVCache(self.config, batch_size, max_seq_len, dtype=self.kv_dtype if dtype is None else dtype)
 
     # ---------------------------------------------------------------- forward
     def _embed(self, input_ids: np.ndarray) -> np.ndarray:

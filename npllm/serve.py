@@ -609,9 +609,10 @@ def create_app(load, n_slots: int = 4, ctx_size: int = 4096, threads: Optional[i
 
 # ============================================================== the command
 def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 8080, parallel: int = 4,
-          ctx_size: int = 4096, threads: Optional[int] = None, max_queue: int = 64) -> int:
+          ctx_size: int = 4096, threads: Optional[int] = None, max_queue: int = 64, kv_dtype=None) -> int:
     """Run the server until SIGTERM/SIGINT (``npllm serve``); port 0 picks a free port.
-    Prints ``npllm serve: listening on http://HOST:PORT`` once the socket is bound."""
+    Prints ``npllm serve: listening on http://HOST:PORT`` once the socket is bound.  ``kv_dtype``:
+    the slots' KV cache storage (``npllm.load``'s; ``-ctk``/``-ctv``)."""
     try:
         import uvicorn
     except ImportError:
@@ -619,7 +620,7 @@ def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 8080
     from .loading import load
 
     def loader():
-        return load(model, progress=False)
+        return load(model, progress=False, kv_dtype=kv_dtype)
 
     model_id = os.path.basename(model) if model else "smollm2-135m-instruct"
     app = create_app(loader, n_slots=parallel, ctx_size=ctx_size, threads=threads, max_queue=max_queue,

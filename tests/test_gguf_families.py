@@ -207,12 +207,15 @@ def test_quantized_gguf_runs_the_one_call_decode_and_matches_the_dequantized_mod
     exact = CausalLM.from_pretrained(str(path), dequantize=True)
     assert all(layer.one_call is not None for layer in fast.layers)
     ids, mask = left_padded_batch(seed=6)
-    a = fast.generate(ids, attention_mask=mask, max_new_tokens=8, temperature=0, pad_token_id=0, eos_token_id=[],
-                      return_dict_in_generate=True, output_scores=True)
-    b = exact.generate(ids, attention_mask=mask, max_new_tokens=8, temperature=0, pad_token_id=0, eos_token_id=[],
-                       return_dict_in_generate=True, output_scores=True)
-    np.testing.assert_array_equal(a.sequences, b.sequences)
-    assert max(np.abs(x - y).max() for x, y in zip(a.scores, b.scores)) < 1e-3
+    kw = dict(attention_mask=mask, max_new_tokens=8, temperature=0, pad_token_id=0, eos_token_id=[],
+              return_dict_in_generate=True, output_scores=True)
+    b = exact.generate(ids, **kw)
+    assert fast.kv_dtype == np.float16 and exact.kv_dtype == np.float32   # the defaults
+    for kv, bound in ((np.float32, 1e-3), (np.float16, 5e-3)):            # fp16 storage: ~2**-11 relative
+        fast.kv_dtype = kv
+        a = fast.generate(ids, **kw)
+        np.testing.assert_array_equal(a.sequences, b.sequences)
+        assert max(np.abs(x - y).max() for x, y in zip(a.scores, b.scores)) < bound
 
 
 def test_phi3_longrope_gguf_past_the_original_context(tmp_path):

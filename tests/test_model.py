@@ -275,13 +275,15 @@ KNOB_CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("kv", ["float32", "float16"])
 @pytest.mark.parametrize("name,qtype", [("gqa_8_2", "Q4_1"), ("qkv_bias", "Q8_0"), ("mqa", "Q4_0"),
                                         ("gemma_knobs", "Q8_0"), ("nope_layer", "Q4_0"),
                                         ("fused_checkpoint", "Q4_1"), ("qkv_bias", "Q4_0+v:Q8_0")])
-def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
+def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype, kv):
     """ops/decode_layer.py runs a quantized layer's decode step in one Numba call; it must give
     what TransformerBlock.decode's op-by-op path gives (the same kernels), on a left-padded batch,
-    and both must agree with the readable concat-cache path on the dequantized weights."""
+    and both must agree with the readable concat-cache path on the dequantized weights (an fp16
+    cache: with the dequantized model decoding through an fp16 ``KVCache`` of its own)."""
     import gguf
 
     from npllm.quant import QuantizedWeight
@@ -304,7 +306,9 @@ def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
     dense = CausalLM(config, init=False)
     dense.load_state_dict({k: (v.dequantize() if isinstance(v, QuantizedWeight) else v) for k, v in quantized.items()})
     ids, mask = left_padded_batch(config.vocab_size, seed=23)
-    one, ops, concat = qmodel.new_cache(3, ids.shape[1]), qmodel.new_cache(3, ids.shape[1]), None
+    assert qmodel.kv_dtype == np.float16 and dense.kv_dtype == np.float32   # the defaults
+    one, ops = qmodel.new_cache(3, ids.shape[1], dtype=kv), qmodel.new_cache(3, ids.shape[1], dtype=kv)
+    concat = None if kv == "float32" else dense.new_cache(3, ids.shape[1], dtype=kv)
     for step in range(ids.shape[1]):
         args = dict(attention_mask=mask[:, :step + 1], use_cache=True)
         a, one = qmodel.forward(ids[:, step:step + 1], past_key_values=one, **args)
@@ -316,7 +320,8 @@ def test_one_call_decode_layer_equals_the_op_by_op_decode(name, qtype):
         c, concat = dense.forward(ids[:, step:step + 1], past_key_values=concat, **args)
         rows = mask[:, step].astype(bool)
         assert np.abs(a - b)[rows].max() <= 1e-6
-        assert np.abs(a - c)[rows].max() <= 1e-4
+        # fp16: two fp32 keys one ulp apart may round to fp16 values one fp16 ulp (2**-11) apart
+        assert np.abs(a - c)[rows].max() <= (1e-4 if kv == "float32" else 2e-3)
 
 
 def test_decode_attention_kernel_equals_reference(rng):
@@ -359,6 +364,74 @@ def test_decode_attention_kernel_knobs_equal_reference(rng, window, scale, softc
                              window)
     assert np.allclose(out, expected, atol=1e-12)
     assert np.allclose(kc2, kc) and np.allclose(vc2, vc)
+
+
+@pytest.mark.parametrize("window,softcap,rope", [(0, 0.0, True), (3, 2.0, False), (50, 0.0, True)])
+def test_decode_attention_with_an_fp16_cache_equals_the_reference(rng, window, softcap, rope):
+    # An fp16 KV cache (npllm/ops/half.py): the kernel, working on the cache's uint16 view, stores
+    # what NumPy's reference stores (the float32 values rounded to fp16) and attends over the
+    # stored values read back into float32.
+    from npllm.ops.attention import decode_attention, decode_attention_ref
+    from npllm.ops.rope import rope_cos_sin
+
+    B, H, Hkv, Dh, S_max, length = 2, 6, 2, 8, 12, 8
+    f32 = np.float32
+    q, k, v = (rng.normal(size=(B, n * Dh)).astype(f32) for n in (H, Hkv, Hkv))
+    cos, sin = rope_cos_sin(np.array([[8], [5]]), Dh, 10000.0, f32) if rope else (None, None)
+    kc, vc = (rng.normal(size=(B, Hkv, S_max, Dh)).astype(np.float16) for _ in range(2))
+    mask = np.ones((B, length + 1), np.int64)
+    mask[1, :3] = 0
+    kc2, vc2 = kc.copy(), vc.copy()
+    knobs = dict(scale=0.4, softcap=softcap or None, window=window or None)
+    expected = decode_attention_ref(q, k, v, cos, sin, kc, vc, length, mask, **knobs)
+    got = decode_attention(q, k, v, cos, sin, kc2, vc2, length, mask, **knobs)
+    assert kc2.dtype == np.float16 and got.dtype == f32
+    assert np.array_equal(vc2.view(np.uint16), vc.view(np.uint16))       # v: the same rounding, bit for bit
+    assert np.allclose(kc2.astype(f32), kc.astype(f32), rtol=2 ** -10, atol=0)  # k: RoPE'd in float32 first
+    assert np.abs(got - expected).max() <= 1e-5
+    assert np.array_equal(vc2[0, :, length].reshape(-1), v[0].astype(np.float16))   # the new position
+
+
+@pytest.mark.parametrize("T", [3, 40])   # the kernel (T <= 16) and blocked prefill attention
+def test_prefill_attention_over_an_fp16_cache_equals_the_reference_on_its_values(rng, T):
+    from npllm.ops import attention, attention_ref, causal_padding_mask
+
+    B, H, Hkv, Dh, past = 2, 4, 2, 8, 5
+    q = rng.normal(size=(B, H, T, Dh)).astype(np.float32)
+    k, v = (rng.normal(size=(B, Hkv, past + T, Dh)).astype(np.float16) for _ in range(2))
+    mask = np.ones((B, past + T), np.int64)
+    mask[1, :2] = 0
+    allowed = causal_padding_mask(mask, past, T)
+    expected = attention_ref(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), allowed)
+    got = attention(q, k, v, allowed)
+    assert got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_kv_dtype_is_fp16_for_quantized_weights_and_the_model_dtype_otherwise():
+    import gguf
+
+    from npllm.quant import QuantizedWeight
+
+    config = make_config(**CONFIGS["gqa_8_2"], hidden_size=64, intermediate_size=96)
+    dense = CausalLM(config, seed=3)
+    assert dense.kv_dtype == np.float32 and dense.new_cache(1, 4).keys[0].dtype == np.float32
+    assert dense.astype(np.float64).kv_dtype == np.float64
+    t = gguf.GGMLQuantizationType.Q8_0
+    q = {k: (QuantizedWeight.from_raw(np.asarray(gguf.quants.quantize(v, t)).view(np.uint8), int(t), v.shape)
+             if v.ndim == 2 and k != "model.embed_tokens.weight" else v) for k, v in randomize(dense, 4).items()}
+    qmodel = CausalLM(config, init=False)
+    qmodel.load_state_dict(q)
+    assert qmodel.kv_dtype == np.float16
+    cache = qmodel.new_cache(2, 16)
+    assert cache.keys[0].dtype == np.float16 and cache.nbytes == kv_cache_bytes(config, 2, 16, "float16")
+    qmodel.kv_dtype = "float32"
+    assert qmodel.new_cache(1, 4).values[0].dtype == np.float32
+    qmodel.kv_dtype = None
+    assert qmodel.kv_dtype == np.float16
+    for bad in ("int8", "q8_0", np.int32, 3):
+        with pytest.raises(ConfigError, match="kv_dtype"):
+            qmodel.kv_dtype = bad
 
 
 @pytest.mark.parametrize("field,value", [

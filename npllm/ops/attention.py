@@ -18,6 +18,7 @@ import numpy as np
 
 from .._jit import njit, njit_parallel, prange, reference_mode
 from .fastexp import exp32
+from .half import h2f, kernel_view, to_elem
 from .softmax import softmax_ref
 
 
@@ -44,6 +45,7 @@ def attention_ref(q, k, v, allowed, scale=None, softcap=None):
     Hkv = k.shape[1]
     G = H // Hkv
     scale = 1 / np.sqrt(Dh) if scale is None else scale
+    k, v = k.astype(q.dtype, copy=False), v.astype(q.dtype, copy=False)  # an fp16 cache: math in q's dtype
     qg = q.reshape(B, Hkv, G, T, Dh)                                   # group query heads
     scores = qg @ k[:, :, None].swapaxes(-1, -2) * scale                # [B, Hkv, G, T, S]
     if softcap:                                                         # Gemma 2: before the mask
@@ -57,27 +59,28 @@ def attention_ref(q, k, v, allowed, scale=None, softcap=None):
 def _attend_one(q, k, v, allowed, out, scores, softcap):
     # One query against its keys. q: [Dh], already scaled (1/sqrt(Dh) or Gemma's); k, v: [S, Dh];
     # allowed: [S]; out: [Dh]; scores: scratch [>= S]; softcap: c > 0 caps the scores at c
-    # (c * tanh(score / c), Gemma 2), 0 leaves them.  Each inner loop runs over a contiguous
-    # row, which LLVM vectorises; four keys go together, so four independent sums hide the
+    # (c * tanh(score / c), Gemma 2), 0 leaves them.  k, v may be an fp16 cache's uint16 view:
+    # h2f converts each value as it is read (for float arrays it is the identity; half.py).
+    # Each inner loop runs over a contiguous row, which LLVM vectorises; four keys go together, so four independent sums hide the
     # latency of each other's additions.  Every value stays in q's dtype (exp32: lesson 07).
     S, Dh = k.shape
     s = 0
     while s + 4 <= S:                    # scores = k q
-        d0 = q[0] * k[s, 0]
-        d1 = q[0] * k[s + 1, 0]
-        d2 = q[0] * k[s + 2, 0]
-        d3 = q[0] * k[s + 3, 0]
+        d0 = q[0] * h2f(k[s, 0])
+        d1 = q[0] * h2f(k[s + 1, 0])
+        d2 = q[0] * h2f(k[s + 2, 0])
+        d3 = q[0] * h2f(k[s + 3, 0])
         for d in range(1, Dh):
-            d0 += q[d] * k[s, d]
-            d1 += q[d] * k[s + 1, d]
-            d2 += q[d] * k[s + 2, d]
-            d3 += q[d] * k[s + 3, d]
+            d0 += q[d] * h2f(k[s, d])
+            d1 += q[d] * h2f(k[s + 1, d])
+            d2 += q[d] * h2f(k[s + 2, d])
+            d3 += q[d] * h2f(k[s + 3, d])
         scores[s], scores[s + 1], scores[s + 2], scores[s + 3] = d0, d1, d2, d3
         s += 4
     for s in range(s, S):
-        dot = q[0] * k[s, 0]
+        dot = q[0] * h2f(k[s, 0])
         for d in range(1, Dh):
-            dot += q[d] * k[s, d]
+            dot += q[d] * h2f(k[s, d])
         scores[s] = dot
     if softcap > 0:
         for s in range(S):
@@ -103,12 +106,12 @@ def _attend_one(q, k, v, allowed, out, scores, softcap):
     while s + 4 <= S:                    # out = sum_s p_s v_s / sum_s p_s
         p0, p1, p2, p3 = scores[s], scores[s + 1], scores[s + 2], scores[s + 3]
         for d in range(Dh):
-            out[d] += p0 * v[s, d] + p1 * v[s + 1, d] + p2 * v[s + 2, d] + p3 * v[s + 3, d]
+            out[d] += p0 * h2f(v[s, d]) + p1 * h2f(v[s + 1, d]) + p2 * h2f(v[s + 2, d]) + p3 * h2f(v[s + 3, d])
         s += 4
     for s in range(s, S):
         p = scores[s]
         for d in range(Dh):
-            out[d] += p * v[s, d]
+            out[d] += p * h2f(v[s, d])
     inv = 1 / total
     for d in range(Dh):
         out[d] *= inv
@@ -143,6 +146,8 @@ def attention_blocked(q, k, v, allowed, block: int = 96, scale=None, softcap=Non
     B, H, T, Dh = q.shape
     Hkv = k.shape[1]
     G = H // Hkv
+    # An fp16 cache: its keys and values in q's dtype, once per call (BLAS works in fp32)
+    k, v = k.astype(q.dtype, copy=False), v.astype(q.dtype, copy=False)
     out = np.empty(q.shape, dtype=q.dtype)
     scale = q.dtype.type(1.0 / np.sqrt(Dh) if scale is None else scale)
     for b in range(B):
@@ -187,8 +192,10 @@ def attention(q, k, v, allowed, scale=None, softcap=None):
         return attention_blocked(q, k, v, allowed, scale=scale, softcap=softcap)
     out = np.empty(q.shape, dtype=q.dtype)
     scale = 1 / np.sqrt(q.shape[3]) if scale is None else scale
-    # k, v may be views into a preallocated cache: the kernel reads them in place, no copy.
-    _attention_kernel(q, k, v, allowed, out, q.dtype.type(scale), q.dtype.type(softcap or 0))
+    # k, v may be views into a preallocated cache: the kernel reads them in place, no copy
+    # (an fp16 cache as its uint16 bits, converted as they are read).
+    _attention_kernel(q, kernel_view(k), kernel_view(v), allowed, out, q.dtype.type(scale),
+                      q.dtype.type(softcap or 0))
     return out
 
 
@@ -234,18 +241,19 @@ def cache_rows(B, length):
 
 @njit
 def _rotate(x, cos, sin, out, scale):
-    # out = rope(x) * scale for one head (x, out: [Dh]; cos, sin: [Dh]); cos of size 0: no RoPE
+    # out = rope(x) * scale for one head (x, out: [Dh]; cos, sin: [Dh]); cos of size 0: no RoPE.
+    # out may be a row of an fp16 cache's uint16 view (to_elem rounds to fp16; half.py).
     Dh = x.shape[0]
     if cos.shape[0] == 0:
         for d in range(Dh):
-            out[d] = x[d] * scale
+            out[d] = to_elem(out, x[d] * scale)
         return
     half = Dh // 2
     for i in range(half):
         x1 = x[i]
         x2 = x[i + half]
-        out[i] = (x1 * cos[i] - x2 * sin[i]) * scale
-        out[i + half] = (x2 * cos[i + half] + x1 * sin[i + half]) * scale
+        out[i] = to_elem(out, (x1 * cos[i] - x2 * sin[i]) * scale)
+        out[i + half] = to_elem(out, (x2 * cos[i + half] + x1 * sin[i + half]) * scale)
 
 
 @njit_parallel
@@ -254,6 +262,7 @@ def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, rows, lengths,
     # cos, sin: [B, 1, Dh], or [B, 1, 0] for no RoPE; window 0: no sliding window.
     # rows, lengths: int64 [B]: batch row b lives in cache row rows[b], which holds lengths[b]
     # positions; its new k, v go there and its query sees only them (lesson 09: slots).
+    # k_cache, v_cache: float, or an fp16 cache's uint16 views (kernel_view; half.py).
     B = q.shape[0]
     Hkv, Dh = k_cache.shape[1], k_cache.shape[3]
     H = q.shape[1] // Dh
@@ -265,7 +274,7 @@ def _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, rows, lengths,
             base = h * Dh
             _rotate(k[b, base:base + Dh], cos[b, 0], sin[b, 0], k_cache[r, h, n], one)
             for d in range(Dh):
-                v_cache[r, h, n, d] = v[b, base + d]
+                v_cache[r, h, n, d] = to_elem(v_cache, v[b, base + d])
     for bh in prange(B * H):                 # 2. each query head attends over its row's cache
         b = bh // H
         h = bh % H
@@ -307,6 +316,6 @@ def decode_attention(q, k, v, cos, sin, k_cache, v_cache, length, key_mask, out=
     t = q.dtype.type
     scale = 1 / np.sqrt(k_cache.shape[3]) if scale is None else scale
     rows, lengths = cache_rows(q.shape[0], length)
-    _decode_attention_kernel(q, k, v, cos, sin, k_cache, v_cache, rows, lengths, key_mask, out, t(scale),
-                             t(softcap or 0), window or 0)
+    _decode_attention_kernel(q, k, v, cos, sin, kernel_view(k_cache), kernel_view(v_cache), rows, lengths,
+                             key_mask, out, t(scale), t(softcap or 0), window or 0)
     return out

@@ -24,6 +24,7 @@ import numpy as np
 from .._jit import njit
 from ..quant import kernels as qk
 from .attention import _decode_attention_kernel, cache_rows, no_rope
+from .half import kernel_view
 from .mlp import ACTIVATIONS, _glu_fused_kernel
 from .norm import _rms_norm_kernel
 
@@ -228,8 +229,8 @@ def decode_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
     if cos is None:
         cos, sin = no_rope(x.shape[0], np.float32)
     rows, lengths = cache_rows(x.shape[0], length)
-    return _decode_layer(x, *weights, cos, sin, k_cache, v_cache, rows, lengths, key_mask, scale, softcap, window,
-                         act, qk.op_for_many())
+    return _decode_layer(x, *weights, cos, sin, kernel_view(k_cache), kernel_view(v_cache), rows, lengths, key_mask,
+                         scale, softcap, window, act, qk.op_for_many())
 
 
 def verify_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
@@ -238,4 +239,5 @@ def verify_layer(args, x, cos, sin, key_mask, k_cache, v_cache, length):
     weights, (scale, softcap, window, act) = args
     if cos is None:
         cos, sin = no_rope(x.shape[0], np.float32)
-    return _verify_layer(x, *weights, cos, sin, k_cache, v_cache, length, key_mask, scale, softcap, window, act)
+    return _verify_layer(x, *weights, cos, sin, kernel_view(k_cache), kernel_view(v_cache), length, key_mask, scale,
+                         softcap, window, act)
