@@ -175,8 +175,11 @@ def child_main(args):
         res["prompt_ids"] = ids
         if args.phase == "cold":
             # Fill the JIT cache for every path the full run takes (decode at batch 1 and B,
-            # a long prefill), so the warm child measures running, not compiling.
+            # sampling, a long prefill), so the warm child measures running, not compiling (a
+            # kernel compiled there would also add the compiler's memory to its peak RSS).
             greedy(engine, [ids], 3, capacity)
+            if hasattr(engine, "sampler"):                                   # the sampler's kernels
+                sampled(engine, ids, 3, capacity, engine.sampler(0.8, 40, 0.95, 0.05, 0))
             prompts = [engine.encode(p) for p in (BATCH_PROMPTS * args.batch_size)[:max(2, args.batch_size)]]
             greedy(engine, prompts, 3, max(len(p) for p in prompts) + 8)     # left-padded batch
             engine.start([(ids * 64)[:64]], 65)
