@@ -23,6 +23,7 @@ from typing import List, Tuple
 import numpy as np
 
 from .errors import ConfigError, GenerationParameterError
+from .ops import half
 
 
 def kv_cache_bytes(config, batch_size: int, seq_len: int, dtype="float16") -> int:
@@ -86,15 +87,16 @@ class KVCache:
         self.max_seq_len = max_seq_len
 
     def update(self, layer: int, k: np.ndarray, v: np.ndarray):
-        """Write k, v [B, Hkv, T, Dh] after the stored positions; return views of all of it."""
+        """Write k, v [B, Hkv, T, Dh] after the stored positions; return all of it, in k's dtype:
+        views of the buffers, or for an fp16 cache float32 copies of the stored (rounded) values."""
         T = k.shape[2]
         end = self.length + T
         if end > self.max_seq_len:
             raise ConfigError(f"KV cache is full: {self.length} + {T} positions exceed "
                               f"max_seq_len={self.max_seq_len} (KVCache.reserve grows it)")
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        half.store(self.keys[layer], self.length, k)
+        half.store(self.values[layer], self.length, v)
+        return half.widen(self.keys[layer], end, k.dtype), half.widen(self.values[layer], end, v.dtype)
 
     def advance(self, T: int) -> None:
         self.length += T

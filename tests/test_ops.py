@@ -170,6 +170,24 @@ def test_fp16_conversions_equal_numpy_on_every_bit_pattern_and_on_random_floats(
     assert f.tolist() == [1.5, -2.0, np.float32(0.1)]
 
 
+def test_fp16_cache_store_and_widen_equal_numpy_casts(rng):
+    # half.store / half.widen (KVCache.update's vectorised block copies) against NumPy's casts
+    from npllm.ops import half
+
+    buf = rng.normal(size=(2, 3, 20, 8)).astype(np.float16)
+    expected = buf.copy()
+    src = (rng.normal(size=(2, 3, 5, 8)) * 10.0 ** rng.integers(-6, 5, (2, 3, 5, 8))).astype(np.float32)
+    expected[:, :, 7:12] = src
+    half.store(buf, 7, src)
+    assert np.array_equal(buf.view(np.uint16), expected.view(np.uint16))
+    got = half.widen(buf, 12, np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got, expected[:, :, :12].astype(np.float32))
+    f32 = np.zeros((2, 3, 20, 8), np.float32)
+    half.store(f32, 3, src)                                      # a float32 cache: a plain copy,
+    assert np.array_equal(f32[:, :, 3:8], src)
+    assert np.shares_memory(half.widen(f32, 8, np.float32), f32)  # and its positions as a view
+
+
 # --------------------------------------------------------------------------- RoPE
 @pytest.mark.parametrize("theta", [10000.0, 100000.0])
 def test_rope_kernel_equals_reference_and_torch(rng, theta):
