@@ -153,18 +153,16 @@ def _verify_layer(x, ln1, ln2, ln_attn_out, ln_mlp_out, eps, qkv, qkv_bias, q_no
         _head_norms(y, 0, nq // Dh, Dh, q_norm, eps)
         _head_norms(y, nq, Hkv, Dh, k_norm, eps)
     att = np.empty((T, nq), np.float32)
-    rows = np.zeros(1, np.int64)                                     # cache row 0 ...
-    lengths = np.zeros(1, np.int64)                                  # ... holding length + t positions
+    # All T attentions in one call: batch row t is token t, in cache row 0 at position length + t.
+    # The kernel first appends every row's k, v, then each row attends over its own first
+    # length + t + 1 positions only, so each sees exactly what its decode step would.
+    rows = np.zeros(T, np.int64)
+    lengths = length + np.arange(T)
+    masks = np.empty((T, key_mask.shape[1]), key_mask.dtype)
     for t in range(T):
-        yt = np.empty((1, y.shape[1]), np.float32)
-        yt[0] = y[t]
-        at = np.empty((1, nq), np.float32)
-        m = np.ascontiguousarray(key_mask[:, :length + t + 1])
-        lengths[0] = length + t
-        _decode_attention_kernel(yt[:, :nq], yt[:, nq:nq + nkv], yt[:, nq + nkv:],
-                                 np.ascontiguousarray(cos[t:t + 1]), np.ascontiguousarray(sin[t:t + 1]),
-                                 k_cache, v_cache, rows, lengths, m, at, scale, softcap, window)
-        att[t] = at[0]
+        masks[t] = key_mask[0]
+    _decode_attention_kernel(y[:, :nq], y[:, nq:nq + nkv], y[:, nq + nkv:], cos, sin, k_cache, v_cache, rows,
+                             lengths, masks, att, scale, softcap, window)
     x = x + _normed(_matmul_rows(o[0], o[1], o[2], att), ln_attn_out, eps)
     _rms_norm_kernel(x, ln2, eps, h)
     gu = _matmul_rows(gate_up[0], gate_up[1], gate_up[2], h)
