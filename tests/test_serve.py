@@ -429,13 +429,16 @@ def test_full_queue_is_429_and_sigterm_drains_then_exits_0(tmp_path):
     proc, port, _ = _start("-np", "1", "-c", "512", "--max-queue", "1", log_path=str(tmp_path / "small.log"))
     base = f"http://127.0.0.1:{port}"
     body = {"model": "m", "prompt": "Tell me a story.", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    # The running request is long (400 tokens), so it still holds the slot, and the second request
+    # still waits, when the third arrives, however fast the machine decodes.
+    long_body = {**body, "max_tokens": 400}
     results = {}
 
-    def post(k):
-        results[k] = httpx.post(base + "/v1/completions", json=body, timeout=300)
+    def post(k, b=body):
+        results[k] = httpx.post(base + "/v1/completions", json=b, timeout=300)
 
     try:
-        first = threading.Thread(target=post, args=("running",))
+        first = threading.Thread(target=post, args=("running", long_body))
         first.start()
         t0 = time.time()
         while _metric({"base": base}, "npllm_busy_slots") < 1:
@@ -454,7 +457,7 @@ def test_full_queue_is_429_and_sigterm_drains_then_exits_0(tmp_path):
         first.join(60)
         second.join(60)
         assert results["running"].status_code == 200  # in flight when SIGTERM came: finished
-        assert results["running"].json()["usage"]["completion_tokens"] == 24
+        assert results["running"].json()["usage"]["completion_tokens"] == 400
     finally:
         if proc.poll() is None:
             proc.kill()
