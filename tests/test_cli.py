@@ -175,3 +175,19 @@ def test_chat_message_longer_than_the_context_is_one_line():
     r = run_cli("chat", "--no-progress", "-n", "4", "-c", "64", input=("word " * 200 + "\n").encode())
     assert_one_line_error(r, "context")
     assert "truncate_prompt" not in r.stderr.decode()   # no Python-only advice for a CLI user
+
+
+def test_cache_type_flags_choose_the_kv_cache_dtype_and_name_a_conflict():
+    # llama.cpp's -ctk/-ctv: the default model (quantized) stores fp16; f32 doubles the bytes, which
+    # `info` computes with kv_cache_bytes' formula (2 x 30 layers x 3 kv heads x 2048 x 64 x sizeof)
+    fp16_bytes = 2 * 30 * 3 * 2048 * 64 * 2
+    for flags, dtype, size in (([], "float16", fp16_bytes), (["-ctk", "f32"], "float32", 2 * fp16_bytes),
+                               (["--cache-type-v", "f32"], "float32", 2 * fp16_bytes),
+                               (["-ctk", "f16", "-ctv", "f16"], "float16", fp16_bytes)):
+        r = run_cli("info", "--no-progress", *flags)
+        line = next(x for x in r.stdout.decode().splitlines() if x.startswith("KV cache for 2048 tokens"))
+        assert f"{size:,} bytes as run ({dtype}" in line, (flags, line)
+    assert_one_line_error(run_cli("info", "--no-progress", "-ctk", "f32", "-ctv", "f16"),
+                          "-ctk/--cache-type-k f32", "-ctv/--cache-type-v f16")
+    r = run_cli("generate", "-ctk", "q8_0", "hi")
+    assert r.returncode == 2 and b"q8_0" in r.stderr    # argparse names the bad choice
