@@ -415,9 +415,9 @@ def test_every_tensor_type_equals_gguf_reader(tmp_path, monkeypatch, type_id):
 def test_every_quantized_type_loads_and_equals_its_dequantized_twin(tmp_path, monkeypatch, type_id):
     """A tiny llama GGUF whose every matrix is of one quantized type loads through read_gguf and
     CausalLM.from_pretrained, stays quantized, and its logits equal those of the same file
-    dequantized to fp32 at load (HF's way), on the three matmul paths: a 20-token prefill (BLAS on
-    dequantized tiles), a 5-token prompt (N > 1 decode kernels) and single-token decode steps
-    (the matvec kernels, in the one-call decode layer)."""
+    dequantized to fp32 at load (HF's way), on the three matmul paths: a prefill of PREFILL_MIN_N
+    tokens (BLAS on dequantized tiles), a 5-token prompt (N > 1 decode kernels) and single-token
+    decode steps (the matvec kernels, in the one-call decode layer)."""
     from npllm import CausalLM
     from npllm.quant import QuantizedWeight
 
@@ -430,13 +430,15 @@ def test_every_quantized_type_loads_and_equals_its_dequantized_twin(tmp_path, mo
     model = CausalLM.from_pretrained(str(path))
     assert isinstance(model.layers[0].down_proj, QuantizedWeight) and model.layers[0].one_call is not None
     dense = CausalLM.from_pretrained(str(path), dequantize=True)
-    ids = np.random.default_rng(type_id).integers(0, model.config.vocab_size, (1, 26))
+    from npllm.quant.weight import PREFILL_MIN_N
+
+    ids = np.random.default_rng(type_id).integers(0, model.config.vocab_size, (1, PREFILL_MIN_N))
 
     def close(a, b):
         assert np.isfinite(b).all()
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
 
-    close(model.forward(ids[:, :20])[0], dense.forward(ids[:, :20])[0])
+    close(model.forward(ids)[0], dense.forward(ids)[0])
     # (both caches float32: this compares the matmul paths, not the quantized model's fp16 cache)
     got, cache = model.forward(ids[:, :5], past_key_values=model.new_cache(1, 26, dtype=np.float32), use_cache=True)
     want, dense_cache = dense.forward(ids[:, :5], past_key_values=dense.new_cache(1, 26), use_cache=True)
