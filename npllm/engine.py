@@ -15,8 +15,9 @@ decode together cost little more than one.  The engine turns concurrent requests
 Batch invariance: a request's greedy tokens are the same whether it runs alone or beside
 others.  Prefill rows never share a matmul with decode rows, a prompt is cut into the same
 chunks whatever else runs, each decode row writes and reads only its own cache row
-(``SlotCache.batch``), and the engine thread runs in ``kernels.batch_invariant()`` mode,
-where every row of a quantized matmul gets the single-row kernel's arithmetic (MATVEC1 alone, MATVECR for several).
+(``SlotCache.batch``), and the engine thread decodes in ``kernels.batch_invariant()`` mode,
+where every row of a quantized matmul gets the single-row kernel's arithmetic (MATVEC1 alone,
+MATVECR for several).  A prefill, always alone, takes the faster several-input kernel.
 
 The engine knows nothing of HTTP (``npllm.serve`` is its web face), so tests drive it
 directly: ``engine.submit(prompt_ids, SamplingParams(...))`` returns a ``Request`` whose
@@ -190,8 +191,9 @@ class Engine:
                 if i >= self.n_slots:
                     break
                 ids = np.full((1, T), self.eos[0] if self.eos else 0, dtype=np.int64)
-                self.model.forward(ids, past_key_values=self.pool.row(i), use_cache=True,
-                                   position_ids=np.arange(T)[None, :], logits_to_keep=1)
+                with kernels.batch_invariant(False):     # as _prefill_step
+                    self.model.forward(ids, past_key_values=self.pool.row(i), use_cache=True,
+                                       position_ids=np.arange(T)[None, :], logits_to_keep=1)
             for rows in ([0], [0, 1][:self.n_slots]):
                 cache = self.pool.batch(rows)
                 self.model.forward(np.zeros((len(rows), 1), np.int64),
@@ -292,8 +294,12 @@ class Engine:
         end = min(s.done + PREFILL_CHUNK, len(s.ids))
         chunk = np.asarray(s.ids[s.done:end], dtype=np.int64)[None, :]           # [1, T]
         positions = np.arange(s.done, end, dtype=np.int64)[None, :]
-        logits, _ = self.model.forward(chunk, past_key_values=self.pool.row(s.index), use_cache=True,
-                                       position_ids=positions, logits_to_keep=1)
+        # A prompt is always prefilled alone, in the same chunks, whatever else runs: its
+        # arithmetic cannot depend on the batch, so it takes the faster several-input kernel
+        # (MATVECN) rather than MATVECR's decode arithmetic per row.
+        with kernels.batch_invariant(False):
+            logits, _ = self.model.forward(chunk, past_key_values=self.pool.row(s.index), use_cache=True,
+                                           position_ids=positions, logits_to_keep=1)
         s.done = end
         if end == len(s.ids):
             self._sample([s], np.asarray(logits)[:, -1, :])

@@ -335,11 +335,12 @@ _mode = threading.local()
 
 
 @contextlib.contextmanager
-def batch_invariant():
+def batch_invariant(on: bool = True):
     """Within this block, on this thread, several inputs take MATVECR (each input as MATVEC1
-    computes it alone): results per input are then bitwise the same for any batch size."""
+    computes it alone): results per input are then bitwise the same for any batch size.
+    ``on=False`` turns the mode off inside an invariant block (a server's prefill, alone)."""
     before = getattr(_mode, "invariant", False)
-    _mode.invariant = True
+    _mode.invariant = on
     try:
         yield
     finally:
