@@ -61,8 +61,9 @@ def _attend_one(q, k, v, allowed, out, scores, softcap):
     # allowed: [S]; out: [Dh]; scores: scratch [>= S]; softcap: c > 0 caps the scores at c
     # (c * tanh(score / c), Gemma 2), 0 leaves them.  k, v may be an fp16 cache's uint16 view:
     # h2f converts each value as it is read (for float arrays it is the identity; half.py).
-    # Each inner loop runs over a contiguous row, which LLVM vectorises; four keys go together, so four independent sums hide the
-    # latency of each other's additions.  Every value stays in q's dtype (exp32: lesson 07).
+    # Each inner loop runs over a contiguous row, which LLVM vectorises; four keys go together,
+    # so four independent sums hide the latency of each other's additions.  Every value stays in
+    # q's dtype (exp32: lesson 07).
     S, Dh = k.shape
     s = 0
     while s + 4 <= S:                    # scores = k q
